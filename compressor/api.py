@@ -1,0 +1,101 @@
+"""The Python API: compress a recipe, load a built engine, bench it, rebuild a report."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from compressor.atomic import write_text
+from compressor.errors import UserError
+from compressor.measure import latency
+from compressor.registry import TARGETS
+
+
+def compress(recipe: str | None = None, overrides: list[str] | None = None, output_dir: str | Path | None = None):
+    """Run a recipe (a packaged name or a .yaml path) as `compressor run` would.
+    Returns (report, engine). Raises UserError for an invalid recipe."""
+    from compressor.cli import check, resolve_ref
+    from compressor.config import compose_recipe
+    from compressor.runner import run
+
+    overrides = list(overrides or [])
+    ref = resolve_ref(recipe, [])
+    plan = check(ref, overrides)[0]
+    out = Path(output_dir) if output_dir else Path("outputs") / ref.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, _ = compose_recipe(ref, overrides)
+    hydra_cfg = cfg.pop("hydra")
+    write_text(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+    write_text(out / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    write_text(out / ".hydra" / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    handler = logging.FileHandler(out / "compressor.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    log = logging.getLogger("compressor")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        report = run(plan, out, Console(quiet=True))
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    engine = load_engine(out / report["engine"]["path"]) if report.get("engine") else None
+    return report, engine
+
+
+def load_engine(path: str | Path):
+    """A callable engine for any built artifact (file, engine folder, or run folder)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [p for p in sorted((path / "engine").glob("*") if (path / "engine").is_dir() else path.glob("*"))
+                      if p.is_file()]
+        report = path / "report.json"
+        if report.is_file():
+            engine = json.loads(report.read_text()).get("engine") or {}
+            if engine.get("path"):
+                candidates = [path / engine["path"]]
+        if not candidates:
+            raise UserError(f"no engine file in {path}", key="engine")
+        path = candidates[0]
+    if not path.is_file():
+        raise UserError(f"engine file not found: {path}", key="engine")
+    for name in TARGETS.names():
+        target = TARGETS.get(name).obj
+        if path.suffix in getattr(target, "suffixes", ()):
+            return target.load(path)
+    raise UserError(f"no registered target reads '{path.suffix}' files ({path})", key="engine")
+
+
+def bench_engine(path: str | Path, batch: int = 32, warmup: int = 10, iters: int = 50) -> dict[str, Any]:
+    engine = load_engine(path)
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in engine.input_shape]
+    one = np.random.default_rng(0).standard_normal([1] + shape[1:]).astype(np.float32)
+    many = np.repeat(one, batch, axis=0)
+    lat = latency(lambda: engine(one), warmup, iters)
+    t = time.perf_counter()
+    runs = max(3, iters // 5)
+    for _ in range(runs):
+        engine(many)
+    throughput = batch * runs / (time.perf_counter() - t)
+    return {"path": str(engine.path), "provider": engine.provider, "precision": engine.precision,
+            "latency_ms": lat, "batch": batch, "throughput": throughput}
+
+
+def rebuild_report(path: str | Path, console: Console) -> dict[str, Any]:
+    from compressor.report import markdown, plot_steps, print_table
+
+    path = Path(path)
+    file = path / "report.json"
+    if not file.is_file():
+        raise UserError(f"no report.json in {path}", key="report")
+    report = json.loads(file.read_text())
+    has_plot = plot_steps(report, path / "report.png")
+    write_text(path / "report.md", markdown(report, "report.png" if has_plot else None))
+    print_table(report, console)
+    return report

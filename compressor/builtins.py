@@ -1,0 +1,23 @@
+"""The built-in components, registered explicitly: this file is the list of what ships."""
+from __future__ import annotations
+
+
+def register() -> None:
+    from compressor import metrics
+    from compressor.data import digits
+    from compressor.models import digits_cnn
+    from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
+    from compressor.stages import finetune, prune_magnitude, quantize_int8
+    from compressor.targets import onnxruntime
+
+    STAGES.add("prune_magnitude", prune_magnitude.PruneMagnitude, prune_magnitude.PruneMagnitudeParams)
+    STAGES.add("finetune", finetune.Finetune, finetune.FinetuneParams)
+    STAGES.add("quantize_int8", quantize_int8.QuantizeInt8, quantize_int8.QuantizeInt8Params)
+
+    TARGETS.add("onnxruntime", onnxruntime.OnnxRuntimeTarget, onnxruntime.OnnxRuntimeParams)
+
+    MODELS.add("digits_cnn", digits_cnn.build, digits_cnn.DigitsCNNParams)
+    DATASETS.add("digits", digits.build, digits.DigitsParams)
+
+    METRICS.add("top1", metrics.top1)
+    METRICS.add("top5", metrics.top5)

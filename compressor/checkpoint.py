@@ -1,0 +1,135 @@
+"""Checkpoints: safetensors weights plus the metadata that rebuilds the architecture.
+
+No pickles. The metadata holds the model's recipe entry (registry kind + params) and a
+spec of every layer whose shape or type a stage changed (pruned channels, quantization
+wrappers, removed blocks). Loading builds the model from its recipe entry, swaps in the
+changed layers from a fixed table of module types, then loads the weights strictly.
+Nothing in the metadata can name code to import.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from compressor.atomic import atomic_path
+from compressor.errors import UserError
+from compressor.quant import QuantWrapper
+
+FORMAT = "compressor-checkpoint/1"
+
+_CONV = ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"]
+_BN = ["num_features", "eps", "momentum", "affine", "track_running_stats"]
+# type name -> (class, constructor attributes). The only types a checkpoint can create.
+MODULE_TYPES: dict[str, tuple[type, list[str]]] = {
+    "Conv1d": (nn.Conv1d, _CONV),
+    "Conv2d": (nn.Conv2d, _CONV),
+    "Conv3d": (nn.Conv3d, _CONV),
+    "Linear": (nn.Linear, ["in_features", "out_features"]),
+    "BatchNorm1d": (nn.BatchNorm1d, _BN),
+    "BatchNorm2d": (nn.BatchNorm2d, _BN),
+    "LayerNorm": (nn.LayerNorm, ["normalized_shape", "eps", "elementwise_affine"]),
+    "Embedding": (nn.Embedding, ["num_embeddings", "embedding_dim", "padding_idx"]),
+    "Identity": (nn.Identity, []),
+}
+
+
+def module_spec(m: nn.Module) -> dict[str, Any] | None:
+    if isinstance(m, QuantWrapper):
+        return {"type": "QuantWrapper", "weight_bits": m.weight_bits, "inner": module_spec(m.inner)}
+    name = type(m).__name__
+    if name not in MODULE_TYPES or type(m) is not MODULE_TYPES[name][0]:
+        return None
+    spec: dict[str, Any] = {"type": name}
+    for attr in MODULE_TYPES[name][1]:
+        v = getattr(m, attr)
+        spec[attr] = list(v) if isinstance(v, tuple) else v
+    if name.startswith(("Conv", "Linear", "LayerNorm")):
+        spec["bias"] = m.bias is not None
+    return spec
+
+
+def build_module(spec: dict[str, Any]) -> nn.Module:
+    kind = spec.get("type")
+    if kind == "QuantWrapper":
+        return QuantWrapper(build_module(spec["inner"]), weight_bits=int(spec["weight_bits"]))
+    if kind not in MODULE_TYPES:
+        raise UserError(f"checkpoint names unknown layer type {kind!r}", key="checkpoint")
+    cls, attrs = MODULE_TYPES[kind]
+    args = {a: tuple(spec[a]) if isinstance(spec[a], list) else spec[a] for a in attrs}
+    if "bias" in spec:
+        args["bias"] = spec["bias"]
+    return cls(**args)
+
+
+def layer_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    specs, skip = {}, ()
+    for name, m in model.named_modules():
+        if not name or (skip and name.startswith(skip)):
+            continue
+        spec = module_spec(m)
+        if spec is not None:
+            specs[name] = spec
+            if isinstance(m, QuantWrapper):
+                skip = tuple(list(skip) + [name + "."])
+    return specs
+
+
+def save_checkpoint(model: nn.Module, path: Path, model_cfg: dict[str, Any], extra: dict | None = None) -> Path:
+    """Writes `path` (a .safetensors file) atomically."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "model": json.dumps(model_cfg),
+        "layers": json.dumps(layer_specs(model)),
+        "extra": json.dumps(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise UserError(f"{path} is not a readable safetensors file ({e})", key="checkpoint") from e
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} has no compressor architecture metadata", key="checkpoint")
+    return {k: json.loads(meta[k]) for k in ("model", "layers", "extra")}
+
+
+def apply_layer_specs(model: nn.Module, specs: dict[str, dict[str, Any]]) -> nn.Module:
+    """Make `model`'s layers match `specs` (by name), replacing those that differ."""
+    current = layer_specs(model)
+    for name in sorted(specs, key=lambda n: n.count(".")):
+        if current.get(name) != specs[name]:
+            model.set_submodule(name, build_module(specs[name]))
+    return model
+
+
+def load_checkpoint(path: str | Path) -> nn.Module:
+    """Rebuild a model saved by `save_checkpoint`, with no pickle involved."""
+    from compressor.models import build_model  # late: models import the registry
+
+    path = Path(path)
+    meta = read_metadata(path)
+    model = build_model(meta["model"], pretrained=False)
+    apply_layer_specs(model, meta["layers"])
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: weights do not fit the rebuilt model (missing {missing[:3]}, unexpected {unexpected[:3]})",
+            key="checkpoint",
+        )
+    return model.eval()

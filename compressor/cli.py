@@ -1,0 +1,271 @@
+"""The `compressor` command: run, validate, ls, bench, report.
+
+`run` validates the whole recipe first (every problem at once, no folder written), then
+hands the command line to Hydra, so everything Hydra offers keeps working (`-m`, `--cfg`,
+`--info`, `-cn/-cp/-cd`, `hydra/launcher=...`)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from compressor.errors import Problem, UserError
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_GATE = 0, 1, 2, 3
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}
+HYDRA_INFO_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
+USAGE = """usage: compressor COMMAND ...
+  run [RECIPE] [overrides] [-m]     run a recipe (default: the embedded digits recipe)
+  validate [RECIPE] [overrides]     compose and check everything, run nothing
+  ls [stages|targets|models|datasets|metrics|recipes]
+  bench PATH                        latency/throughput of a built engine
+  report PATH                       table and plot for a run folder
+exit codes: 0 ok, 1 error, 2 invalid recipe, 3 a gate failed"""
+
+err = Console(stderr=True, highlight=False)
+STATUSES: list[str] = []  # one per job Hydra ran in this process
+
+
+def print_problems(problems: list[Problem]) -> None:
+    for p in problems:
+        err.print(f"[red]error:[/] {p}", markup=True, soft_wrap=True)
+
+
+def split_args(argv: list[str]):
+    """-> (recipe argument or None, Hydra arguments, plain overrides)."""
+    recipe = None
+    if argv and not argv[0].startswith("-") and "=" not in argv[0]:
+        recipe, argv = argv[0], argv[1:]
+    overrides, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in HYDRA_VALUE_FLAGS:
+            skip = True
+        elif not a.startswith("-"):
+            overrides.append(a)
+    return recipe, argv, overrides
+
+
+def _flag(argv: list[str], *names: str) -> str | None:
+    for i, a in enumerate(argv[:-1]):
+        if a in names:
+            return argv[i + 1]
+    return None
+
+
+def resolve_ref(recipe: str | None, argv: list[str]):
+    from compressor.config import RecipeRef, locate
+
+    name, path = _flag(argv, "-cn", "--config-name"), _flag(argv, "-cp", "--config-path")
+    if name or path:
+        return RecipeRef(name or recipe or "default", Path(path).resolve() if path else None)
+    return locate(recipe)
+
+
+def sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """For validation only: every discrete value of each sweep, the others at their first."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for o, line in zip(parsed, overrides):
+        if o.is_sweep_override() and not o.is_interval_sweep():
+            key = line.split("=", 1)[0]
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        elif o.is_interval_sweep():
+            choices.append([])  # ranges for a sweeper (optuna) are checked by Hydra when it runs
+        else:
+            choices.append([line])
+    base = [c[0] for c in choices if c]
+    variants = [base]
+    for i, c in enumerate(choices):
+        for v in c[1:]:
+            variant = list(base)
+            variant[[j for j, cc in enumerate(choices) if cc].index(i)] = v
+            variants.append(variant)
+    return variants
+
+
+def check(ref, overrides: list[str], multirun: bool = False):
+    """Compose and validate; returns the plans or raises UserError with every problem."""
+    from compressor.config import compose_recipe
+    from compressor.plan import make_plan
+
+    problems, plans = [], []
+    for variant in sweep_variants(overrides) if multirun else [overrides]:
+        cfg, found = compose_recipe(ref, variant)
+        if cfg is not None and not found:
+            try:
+                plans.append(make_plan(cfg, ref.name))
+            except UserError as e:
+                found = e.problems
+        problems += [p for p in found if str(p) not in {str(q) for q in problems}]
+    if problems:
+        raise UserError(problems)
+    return plans
+
+
+def _hydra_task(recipe_name: str):
+    def task(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        from compressor.plan import make_plan
+        from compressor.runner import run
+
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        log = logging.getLogger("compressor")
+        try:
+            report = run(make_plan(cfg, recipe_name), out_dir, Console())
+        except UserError as e:
+            print_problems(e.problems)
+            STATUSES.append("invalid")
+            return None
+        except Exception as e:  # not a user mistake: full trace in the log, one line here
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            log.error("run failed:\n%s", traceback.format_exc())
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            err.print(f"[red]error:[/] {type(e).__name__}: {first} (trace in {out_dir / 'compressor.log'})")
+            STATUSES.append("error")
+            return None
+        STATUSES.append(report["status"])
+        engine = report.get("engine") or {}
+        return {"metric": (engine.get("metric") or {}).get(cfg.eval.metric),
+                "latency_ms": (engine.get("latency_ms") or {}).get("p50"), "size_bytes": engine.get("size_bytes")}
+
+    return task
+
+
+def cmd_run(argv: list[str]) -> int:
+    import hydra
+
+    from compressor.config import RECIPES_MODULE, register_nodes, search_path_override
+
+    recipe, hydra_args, overrides = split_args(argv)
+    ref = resolve_ref(recipe, hydra_args)
+    multirun = "-m" in hydra_args or "--multirun" in hydra_args
+    if not any(a in HYDRA_INFO_FLAGS for a in hydra_args):
+        check(ref, overrides, multirun)
+    extra = [o for o in search_path_override(ref) if not any(a.startswith("hydra.searchpath") for a in hydra_args)]
+    config_path = str(ref.config_dir) if ref.config_dir else f"pkg://{RECIPES_MODULE}"
+    sys.argv = ["compressor"] + [a for a in hydra_args if a not in ("-cp", "--config-path") and
+                                 a != _flag(hydra_args, "-cp", "--config-path")] + extra
+    register_nodes()
+    STATUSES.clear()
+    hydra.main(version_base="1.3", config_path=config_path, config_name=ref.name)(_hydra_task(ref.name))()
+    if not STATUSES:
+        return EXIT_OK  # --cfg / --info / --help
+    if any(s in ("error",) for s in STATUSES):
+        return EXIT_ERROR
+    if "invalid" in STATUSES:
+        return EXIT_INVALID
+    return EXIT_GATE if "failed_gate" in STATUSES else EXIT_OK
+
+
+def cmd_validate(argv: list[str]) -> int:
+    recipe, hydra_args, overrides = split_args(argv)
+    ref = resolve_ref(recipe, hydra_args)
+    plans = check(ref, overrides, "-m" in hydra_args or "--multirun" in hydra_args)
+    plan = plans[0]
+    out = Console(highlight=False)
+    out.print(f"[green]valid:[/] recipe '{plan.recipe}'" + (f" ({len(plans)} sweep variants checked)" if len(plans) > 1 else ""))
+    out.print(f"  model   {plan.model['kind']}  data {plan.data['kind']}")
+    for i, s in enumerate(plan.steps, 1):
+        out.print(f"  run     {i}. {s.slot} ({s.kind})")
+    for s in plan.skipped:
+        out.print(f"  skip    {s} (not in pipeline)")
+    out.print(f"  target  {plan.target_kind} ({plan.precision})")
+    gates = [f"{plan.eval.metric} drop <= {plan.eval.max_drop}" if plan.eval.max_drop is not None else None,
+             f"speedup >= {plan.eval.min_speedup}" if plan.eval.min_speedup is not None else None]
+    out.print(f"  gates   {', '.join(g for g in gates if g) or 'parity only'}")
+    return EXIT_OK
+
+
+def cmd_ls(argv: list[str]) -> int:
+    from compressor.config import recipe_names
+    from compressor.params import describe
+    from compressor.registry import ALL
+
+    what = argv[0] if argv else None
+    kinds = list(ALL) + ["recipes"]
+    if what is not None and what not in kinds:
+        from compressor.errors import did_you_mean
+
+        raise UserError(f"unknown list '{what}'{did_you_mean(what, kinds)}; choose from {', '.join(kinds)}", key="ls")
+    out = Console()
+    for kind in ([what] if what else kinds):
+        if kind == "recipes":
+            table = Table(title="recipes")
+            table.add_column("name")
+            for n in recipe_names():
+                table.add_row(n)
+        else:
+            table = Table(title=kind)
+            for col in ("name", "provider", "description", "params"):
+                table.add_column(col, overflow="fold")
+            for name in ALL[kind].names():
+                e = ALL[kind].get(name)
+                table.add_row(name, e.provider, e.doc, describe(e.params))
+        out.print(table)
+    return EXIT_OK
+
+
+def cmd_bench(argv: list[str]) -> int:
+    from compressor.api import bench_engine
+
+    if not argv:
+        raise UserError("give the path of a built engine (a file, or a run folder)", key="bench")
+    result = bench_engine(argv[0], batch=int(_flag(argv, "--batch") or 32))
+    table = Table(title=f"bench {result['path']}")
+    for col in ("provider", "precision", "p50 ms (b=1)", "p90 ms (b=1)", f"throughput/s (b={result['batch']})"):
+        table.add_column(col, justify="right")
+    table.add_row(result["provider"], result["precision"], f"{result['latency_ms']['p50']:.3f}",
+                  f"{result['latency_ms']['p90']:.3f}", f"{result['throughput']:.1f}")
+    Console().print(table)
+    return EXIT_OK
+
+
+def cmd_report(argv: list[str]) -> int:
+    from compressor.api import rebuild_report
+
+    if not argv:
+        raise UserError("give a run folder (outputs/<recipe>/<time>)", key="report")
+    rebuild_report(argv[0], Console())
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "bench": cmd_bench, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return EXIT_OK if argv else EXIT_INVALID
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        from compressor.errors import did_you_mean
+
+        print_problems([Problem("command", f"unknown command '{command}'{did_you_mean(command, COMMANDS)}; "
+                                           f"commands: {', '.join(COMMANDS)}")])
+        return EXIT_INVALID
+    try:
+        code = COMMANDS[command](rest)
+    except UserError as e:
+        print_problems(e.problems)
+        code = EXIT_INVALID
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        code = 130
+    return code
+
+
+def entry() -> None:
+    sys.exit(main())

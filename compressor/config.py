@@ -1,0 +1,206 @@
+"""The recipe schema, its ConfigStore nodes, and composing a recipe with every problem found.
+
+Structured configs: the top level is `RecipeConfig`; each registered stage, target, model
+and dataset becomes a typed node in its group (`stage/quantize_int8`, `target/onnxruntime`,
+...) made from its params dataclass plus a `kind` field, so Hydra type-checks overrides and
+the command line can address every parameter (`stages.prune.ratio=0.3`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra import compose, initialize_config_dir, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from compressor.errors import Problem, UserError, did_you_mean
+from compressor.registry import DATASETS, MODELS, STAGES, TARGETS
+
+RECIPES_MODULE = "compressor.recipes"
+DEFAULT_RECIPE = "default"
+
+
+@dataclass
+class EvalConfig:
+    metric: str = "top1"  # the metric the gates judge; must be registered
+    extra_metrics: List[str] = field(default_factory=list)
+    max_drop: Optional[float] = 0.01  # largest allowed absolute drop of the metric (0.01 = 1 point)
+    min_speedup: Optional[float] = None  # engine p50 latency vs the baseline PyTorch model's
+    warmup: int = 10
+    iters: int = 50
+    parity_samples: int = 64
+
+
+@dataclass
+class RecipeConfig:
+    model: Any = None
+    data: Any = None
+    stages: Dict[str, Any] = field(default_factory=dict)
+    pipeline: List[str] = field(default_factory=list)
+    target: Any = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "cpu"
+    resume: Optional[str] = None
+
+
+# group in the config tree -> registry whose entries fill it
+GROUPS = {"stage": STAGES, "target": TARGETS, "model": MODELS, "data": DATASETS}
+
+
+def register_nodes() -> None:
+    """Put the schema and one typed node per registered component into Hydra's ConfigStore."""
+    cs = ConfigStore.instance()
+    cs.store(name="recipe_schema", node=RecipeConfig)
+    for group, registry in GROUPS.items():
+        for name in registry.names():
+            entry = registry.get(name)
+            node = _node_class(name, entry.params)
+            cs.store(group=group, name=name, node=node, provider=entry.provider)
+
+
+def _node_class(name: str, params: type | None) -> Any:
+    fields = [("kind", str, dataclasses.field(default=name))]
+    if params is None:
+        return dataclasses.make_dataclass(f"{name}_node", fields)
+    return dataclasses.make_dataclass(f"{params.__name__}Node", fields, bases=(params,))
+
+
+# ---------------------------------------------------------------- locating recipes
+
+
+@dataclass
+class RecipeRef:
+    name: str  # config name (file stem)
+    config_dir: Optional[Path] = None  # a user's folder, searched before the packaged recipes
+
+
+def locate(arg: Optional[str]) -> RecipeRef:
+    if not arg:
+        return RecipeRef(DEFAULT_RECIPE)
+    if arg.endswith((".yaml", ".yml")) or "/" in arg or "\\" in arg:
+        path = Path(arg).expanduser()
+        if path.suffix not in (".yaml", ".yml"):
+            path = path.with_suffix(".yaml")
+        if not path.is_file():
+            raise UserError(f"recipe file not found: {arg}", key="recipe")
+        return RecipeRef(path.stem, path.resolve().parent)
+    names = recipe_names()
+    if arg not in names:
+        raise UserError(f"no packaged recipe '{arg}'{did_you_mean(arg, names)}; packaged: {', '.join(names)}",
+                        key="recipe")
+    return RecipeRef(arg)
+
+
+def recipe_search_path() -> list[str]:
+    """Recipe folders of plugin packages (entry point group `compressor.recipes`)."""
+    return [f"pkg://{ep.value}" for ep in metadata.entry_points(group="compressor.recipes")]
+
+
+def recipe_names() -> list[str]:
+    """Top-level recipes (not config groups) from this package and plugins."""
+    names = set()
+    for module in [RECIPES_MODULE] + [p[len("pkg://"):] for p in recipe_search_path()]:
+        root = resources.files(module)
+        names |= {p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith(".yaml") and p.name != "base.yaml"}
+    return sorted(names)
+
+
+# ---------------------------------------------------------------- composing
+
+
+def search_path_override(ref: RecipeRef) -> list[str]:
+    """Where Hydra finds recipes besides the primary folder: for a user's recipe file, the
+    packaged tree (for `model: digits_cnn`, `stage@...` and `base`); always plugins' folders."""
+    extra = ([f"pkg://{RECIPES_MODULE}"] if ref.config_dir is not None else []) + recipe_search_path()
+    return [f"hydra.searchpath=[{','.join(extra)}]"] if extra else []
+
+
+def _initialize(ref: RecipeRef):
+    GlobalHydra.instance().clear()
+    register_nodes()
+    if ref.config_dir is not None:
+        return initialize_config_dir(config_dir=str(ref.config_dir), version_base="1.3", job_name="compressor")
+    return initialize_config_module(config_module=RECIPES_MODULE, version_base="1.3", job_name="compressor")
+
+
+def compose_recipe(ref: RecipeRef, overrides: list[str]) -> tuple[Optional[DictConfig], list[Problem]]:
+    """Compose with Hydra. A bad override is recorded and dropped, and composing goes on,
+    so one call reports every override problem at once."""
+    problems: list[Problem] = []
+    overrides = list(overrides)
+    for _ in range(len(overrides) + 1):
+        try:
+            with _initialize(ref):
+                cfg = compose(ref.name, overrides + search_path_override(ref), return_hydra_config=True)
+            _add_key_hints(cfg, problems)
+            return cfg, problems
+        except Exception as e:  # Hydra and OmegaConf raise many types; each becomes one line
+            problem, culprit = _explain(e, overrides)
+            problems.append(problem)
+            if culprit is None:
+                return None, problems
+            overrides.remove(culprit)
+    return None, problems
+
+
+def _explain(e: Exception, overrides: list[str]) -> tuple[Problem, Optional[str]]:
+    """One line for a composition error, and the override that caused it (if any)."""
+    msg = str(e)
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file:
+        missing = e.missing_cfg_file
+        group, _, option = missing.rpartition("/")
+        options = list(e.options or [])
+        culprit = next((o for o in overrides if o.split("=", 1)[-1].strip() == option or missing in o), None)
+        key = group.replace("/", ".") or "recipe"
+        hint = did_you_mean(option, options)
+        known = f"; available: {', '.join(options)}" if options else ""
+        return Problem(key, f"no config '{option}'{hint}{known}"), culprit
+    m = re.match(r"Could not override '([^']+)'", msg)
+    if m:
+        key = m.group(1)
+        culprit = next((o for o in overrides if _override_key(o) == key), None)
+        return Problem(key, "unknown key"), culprit
+    m = re.match(r"Error merging override (.+)", msg)
+    cause = e.__cause__
+    if m:
+        line = m.group(1).strip()
+        key = getattr(cause, "full_key", None) or _override_key(line)
+        detail = str(cause).splitlines()[0] if cause else msg
+        return Problem(key, detail), line if line in overrides else None
+    if isinstance(e, OmegaConfBaseException) or isinstance(cause, OmegaConfBaseException):
+        err = cause if isinstance(cause, OmegaConfBaseException) else e
+        key = getattr(err, "full_key", "") or "recipe"
+        return Problem(key, str(err).splitlines()[0]), None
+    first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+    culprit = next((o for o in overrides if o in msg), None)
+    return Problem(_override_key(culprit) if culprit else "recipe", first), culprit
+
+
+def _override_key(line: str) -> str:
+    return line.lstrip("+~").split("=", 1)[0].split("@")[-1]
+
+
+def _add_key_hints(cfg: DictConfig, problems: list[Problem]) -> None:
+    """'unknown key' gets a did-you-mean among the keys its section accepts. Component
+    sections are typed nodes holding every parameter, so their keys are the valid ones."""
+    for p in problems:
+        if p.message != "unknown key":
+            continue
+        parts = p.key.split(".")
+        depth = 0  # the deepest section that exists names the candidates
+        while depth < len(parts) - 1 and isinstance(OmegaConf.select(cfg, ".".join(parts[: depth + 1])), DictConfig):
+            depth += 1
+        leaf = parts[depth]
+        node = OmegaConf.select(cfg, ".".join(parts[:depth])) if depth else cfg
+        if isinstance(node, DictConfig):
+            keys = [k for k in node.keys() if k != "kind" and not str(k).startswith("hydra")]
+            p.message += did_you_mean(leaf, keys) + (f"; valid keys: {', '.join(map(str, keys))}" if keys else "")

@@ -1,0 +1,32 @@
+"""User-facing errors: one line each, naming the key that is wrong."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass
+class Problem:
+    key: str  # full config key, e.g. "stages.quantize.bits"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class UserError(Exception):
+    """A mistake in the user's input. The CLI prints it as one line per problem, no traceback."""
+
+    def __init__(self, problems: list[Problem] | Problem | str, key: str = ""):
+        if isinstance(problems, str):
+            problems = [Problem(key, problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'x'?)' when a close match exists, else ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

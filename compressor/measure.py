@@ -1,0 +1,90 @@
+"""Measurements the report is made of: task metric, parameters, MACs, size, latency."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from compressor.quant import QuantWrapper
+from compressor.registry import METRICS
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass at batch 1 (torch's own FLOP counter / 2)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(example[:1])
+    return int(counter.get_total_flops() // 2)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state as it would be stored at its effective precision:
+    float tensors at their dtype, quantized weights at their integer width plus scales."""
+    total = 0
+    quantized = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantWrapper):
+            quantized[f"{name}.inner.weight" if name else "inner.weight"] = 1  # int8 storage
+    for name, t in model.state_dict().items():
+        total += t.numel() * (quantized.get(name) or t.element_size())
+    return total
+
+
+def sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero values among Conv/Linear weights."""
+    zeros = total = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            zeros += int((m.weight == 0).sum())
+            total += m.weight.numel()
+    return zeros / max(total, 1)
+
+
+def latency(fn: Callable[[], object], warmup: int = 10, iters: int = 50) -> dict[str, float]:
+    """p50/p90 wall time of `fn` in milliseconds, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+
+
+def torch_latency(model: nn.Module, example: torch.Tensor, warmup: int, iters: int) -> dict[str, float]:
+    model.eval()
+    with torch.inference_mode():
+        return latency(lambda: model(example), warmup, iters)
+
+
+def predict_torch(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], np.ndarray]:
+    model.eval()
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return model(x.to(device)).float().cpu().numpy()
+
+    return run
+
+
+def collect(predict: Callable[[torch.Tensor], np.ndarray], loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    outs, labels = [], []
+    for x, y in loader:
+        outs.append(predict(x))
+        labels.append(np.asarray(y))
+    return np.concatenate(outs), np.concatenate(labels)
+
+
+def evaluate(predict, loader: DataLoader, metric_names: list[str]) -> dict[str, float]:
+    outputs, labels = collect(predict, loader)
+    return {name: METRICS.get(name, key="eval.metric").obj(outputs, labels) for name in metric_names}

@@ -1,0 +1,150 @@
+"""Composed recipe -> validated plan. Every problem is collected before any work starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from compressor.config import EvalConfig
+from compressor.errors import Problem, UserError, did_you_mean
+from compressor.params import parse_params
+from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS, Entry
+
+
+@dataclass
+class StepPlan:
+    slot: str  # name in `stages:` / `pipeline`
+    kind: str  # registry name
+    entry: Entry
+    params: Any
+
+    def build(self):
+        stage = self.entry.obj()
+        stage.params = self.params
+        return stage
+
+
+@dataclass
+class Plan:
+    recipe: str
+    model: dict[str, Any]  # the recipe's model section (kind + params), kept for checkpoints
+    data: dict[str, Any]
+    steps: list[StepPlan]
+    skipped: list[str]
+    target_kind: str
+    target_entry: Entry
+    target_params: Any
+    precision: str
+    eval: EvalConfig
+    seed: int = 0
+    device: str = "cpu"
+    resume: Optional[str] = None
+    config: dict[str, Any] = field(default_factory=dict)  # the whole resolved recipe
+
+    def build_target(self):
+        target = self.target_entry.obj()
+        target.params = self.target_params
+        return target
+
+
+def _section(cfg: DictConfig, key: str) -> dict[str, Any] | None:
+    node = OmegaConf.select(cfg, key, throw_on_missing=False)
+    if node is None:
+        return None
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def _component(registry, section, key: str, problems: list[Problem]) -> tuple[Entry | None, Any]:
+    if not isinstance(section, dict):
+        problems.append(Problem(key, f"missing: choose a {registry.kind} ({', '.join(registry.names())})"))
+        return None, None
+    kind = section.get("kind")
+    if kind not in registry.names():
+        problems.append(Problem(f"{key}.kind", f"unknown {registry.kind} {kind!r}{did_you_mean(kind, registry.names())}; "
+                                               f"registered: {', '.join(registry.names())}"))
+        return None, None
+    entry = registry.get(kind)
+    params, found = parse_params(entry.params, section, key)
+    problems += found
+    return entry, params
+
+
+def make_plan(cfg: DictConfig, recipe: str) -> Plan:
+    """Check everything that can be checked without doing work; raise UserError listing all."""
+    problems: list[Problem] = []
+    model_section = _section(cfg, "model")
+    data_section = _section(cfg, "data")
+    _component(MODELS, model_section, "model", problems)
+    _component(DATASETS, data_section, "data", problems)
+
+    stages = _section(cfg, "stages") or {}
+    pipeline = list(_section(cfg, "pipeline") or [])
+    steps = []
+    for i, slot in enumerate(pipeline):
+        if slot not in stages:
+            problems.append(Problem(f"pipeline[{i}]", f"no stage slot '{slot}'{did_you_mean(slot, stages)}; "
+                                                      f"slots: {', '.join(stages) or 'none'}"))
+            continue
+        if pipeline.index(slot) != i:
+            problems.append(Problem(f"pipeline[{i}]", f"stage '{slot}' is listed twice"))
+            continue
+        entry, params = _component(STAGES, stages[slot], f"stages.{slot}", problems)
+        if entry is not None:
+            steps.append(StepPlan(slot, stages[slot]["kind"], entry, params))
+    skipped = [s for s in stages if s not in pipeline]
+
+    target_section = _section(cfg, "target")
+    target_entry, target_params = _component(TARGETS, target_section, "target", problems)
+    produced = "fp32"
+    for step in steps:
+        produced = getattr(step.entry.obj, "precision", produced)
+    precision = produced
+    if target_entry is not None and target_params is not None:
+        wanted = getattr(target_params, "precision", "auto")
+        supported = getattr(target_entry.obj, "precisions", ("fp32",))
+        if wanted not in ("auto", produced):
+            problems.append(Problem("target.precision", f"{wanted} needs a pipeline that leaves {wanted} weights, "
+                                                        f"but this pipeline leaves {produced}"))
+        elif produced not in supported:
+            problems.append(Problem("target.precision", f"target '{target_section['kind']}' cannot run {produced} "
+                                                        f"(it runs {', '.join(supported)})"))
+        if hasattr(target_params, "precision"):
+            target_params.precision = produced
+        problems += _target_checks(target_entry, target_params)
+
+    ev = OmegaConf.to_object(cfg.eval) if "eval" in cfg else EvalConfig()
+    for i, name in enumerate([ev.metric] + list(ev.extra_metrics)):
+        if name not in METRICS.names():
+            key = "eval.metric" if i == 0 else f"eval.extra_metrics[{i - 1}]"
+            problems.append(Problem(key, f"unknown metric '{name}'{did_you_mean(name, METRICS.names())}; "
+                                         f"registered: {', '.join(METRICS.names())}"))
+    if ev.max_drop is not None and not 0 <= ev.max_drop <= 1:
+        problems.append(Problem("eval.max_drop", f"must be in [0, 1] (0.01 = 1 point), got {ev.max_drop}"))
+    if ev.min_speedup is not None and ev.min_speedup <= 0:
+        problems.append(Problem("eval.min_speedup", f"must be positive, got {ev.min_speedup}"))
+    if ev.iters < 1 or ev.warmup < 0:
+        problems.append(Problem("eval.iters", f"need iters >= 1 and warmup >= 0, got {ev.iters}, {ev.warmup}"))
+    if ev.parity_samples < 1:
+        problems.append(Problem("eval.parity_samples", f"must be >= 1, got {ev.parity_samples}"))
+    device = str(cfg.get("device", "cpu"))
+    if device != "cpu" and not device.startswith("cuda"):
+        problems.append(Problem("device", f"must be cpu or cuda[:N], got {device!r}"))
+    elif device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(Problem("device", "cuda was asked for but this machine has no CUDA GPU"))
+
+    if problems:
+        raise UserError(problems)
+    container = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+                 for k, v in cfg.items_ex(resolve=False) if k != "hydra"}
+    return Plan(recipe, model_section, data_section, steps, skipped, target_section["kind"], target_entry,
+                target_params, precision, ev, int(cfg.seed), device, cfg.get("resume"), container)
+
+
+def _target_checks(entry: Entry, params: Any) -> list[Problem]:
+    """A target may define `requires()` -> [(key, message)]: missing runtimes, hardware."""
+    requires = getattr(entry.obj, "requires", None)
+    return [Problem(f"target.{k}" if k else "target", msg) for k, msg in (requires(params) if requires else [])]

@@ -1,0 +1,120 @@
+"""Registries of stages, targets, models, datasets and metrics, by short name.
+
+Built-ins are registered explicitly by `compressor.builtins` (no import side effects to
+chase). Third-party packages register through entry points (`compressor.stages`, ...),
+loaded lazily the first time a registry is read. Each entry point names a module; importing
+it runs its `@stage(...)`-style decorators.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from compressor.errors import UserError, did_you_mean
+
+
+@dataclass
+class Entry:
+    name: str
+    obj: Any  # class (stages, targets) or function (models, datasets, metrics)
+    params: type | None  # dataclass of parameters
+    provider: str  # distribution that registered it
+    doc: str = ""
+
+
+@dataclass
+class Registry:
+    kind: str  # "stage", "target", ...
+    group: str  # entry point group
+    entries: dict[str, Entry] = field(default_factory=dict)
+    _plugins_loaded: bool = False
+
+    def add(self, name: str, obj: Any, params: type | None = None, provider: str | None = None) -> None:
+        if params is not None and not dataclasses.is_dataclass(params):
+            raise TypeError(f"{self.kind} '{name}': params must be a dataclass, got {params!r}")
+        provider = provider or _provider_of(obj)
+        if name in self.entries:
+            other = self.entries[name].provider
+            raise UserError(
+                f"{self.kind} '{name}' is registered twice: by {other} and by {provider}", key=self.kind
+            )
+        doc = (obj.__doc__ or "").strip().splitlines()
+        self.entries[name] = Entry(name, obj, params, provider, doc[0] if doc else "")
+
+    def get(self, name: str, key: str = "") -> Entry:
+        self.load_plugins()
+        if not isinstance(name, str):
+            raise UserError(f"expected a {self.kind} name, got {name!r}", key=key or self.kind)
+        if name not in self.entries:
+            names = ", ".join(sorted(self.entries))
+            raise UserError(
+                f"unknown {self.kind} '{name}'{did_you_mean(name, self.entries)}; registered: {names}",
+                key=key or self.kind,
+            )
+        return self.entries[name]
+
+    def names(self) -> list[str]:
+        self.load_plugins()
+        return sorted(self.entries)
+
+    def load_plugins(self) -> None:
+        _load_builtins()
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in metadata.entry_points(group=self.group):
+            try:
+                ep.load()  # the module's decorators register into this registry
+            except ImportError as e:
+                raise UserError(f"plugin '{ep.name}' ({ep.value}) failed to import: {e}", key=self.kind) from e
+
+
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        from compressor import builtins
+
+        builtins.register()
+
+
+def _provider_of(obj: Any) -> str:
+    module = getattr(obj, "__module__", "") or ""
+    top = module.split(".")[0]
+    if top == "compressor":
+        return "compressor"
+    dists = metadata.packages_distributions().get(top)
+    return dists[0] if dists else top or "?"
+
+
+STAGES = Registry("stage", "compressor.stages")
+TARGETS = Registry("target", "compressor.targets")
+MODELS = Registry("model", "compressor.models")
+DATASETS = Registry("dataset", "compressor.datasets")
+METRICS = Registry("metric", "compressor.metrics")
+ALL = {"stages": STAGES, "targets": TARGETS, "models": MODELS, "datasets": DATASETS, "metrics": METRICS}
+
+
+def _decorator(registry: Registry):
+    def register(name: str, params: type | None = None):
+        def wrap(obj):
+            registry.add(name, obj, params)
+            return obj
+
+        return wrap
+
+    register.__name__ = registry.kind
+    register.__doc__ = f"Register a {registry.kind} under `name`, with its parameters dataclass."
+    return register
+
+
+stage = _decorator(STAGES)
+target = _decorator(TARGETS)
+model = _decorator(MODELS)
+dataset = _decorator(DATASETS)
+metric = _decorator(METRICS)

@@ -1,0 +1,169 @@
+"""report.json (the contract), report.md with a plot beside it, manifest.json, and the
+table printed at the end of a run."""
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from compressor.atomic import atomic_path, write_json, write_text
+
+PACKAGES = ("compressor", "torch", "onnx", "onnxruntime", "hydra-core", "omegaconf", "safetensors", "numpy")
+
+
+def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per measured point: baseline, each stage, the engine."""
+    out = []
+    if report.get("baseline"):
+        out.append({"step": "baseline", "what": "PyTorch fp32", **report["baseline"]})
+    for s in report.get("stages", []):
+        out.append({"step": s["name"], "what": s["kind"], **s})
+    if report.get("engine"):
+        e = report["engine"]
+        out.append({"step": "engine", "what": f"{e['target']} {e['precision']}", **e})
+    return out
+
+
+def _fmt_metric(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in (row.get("metric") or {}).items()) or "n/a"
+
+
+def _fmt(row: dict[str, Any], key: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    if key == "latency_ms":
+        return f"{v['p50']:.3f}"
+    if key == "size_bytes":
+        return f"{v / 1024:.1f} KiB"
+    if key == "macs":
+        return f"{v / 1e6:.2f} M"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+COLUMNS = [("metric", "metric"), ("params", "params"), ("macs", "MACs"), ("size_bytes", "size"),
+           ("latency_ms", "p50 ms"), ("seconds", "seconds")]
+
+
+def print_table(report: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"{report['recipe']}: {report['status']}")
+    table.add_column("step", no_wrap=True)
+    table.add_column("what", no_wrap=True)
+    for _, title in COLUMNS:
+        table.add_column(title, justify="right")
+    for row in rows(report):
+        table.add_row(row["step"], row["what"], *[_fmt_metric(row) if k == "metric" else _fmt(row, k) for k, _ in COLUMNS])
+    console.print(table)
+    for name, g in report.get("gates", {}).items():
+        mark = "[green]passed[/]" if g["passed"] else "[red]FAILED[/]"
+        console.print(f"gate {name}: {g['value']} (limit {g['limit']}) {mark}")
+    if report.get("error"):
+        console.print(f"[red]error:[/] {report['error']}")
+
+
+def markdown(report: dict[str, Any], plot: str | None) -> str:
+    lines = [f"# {report['recipe']}: {report['status']}", ""]
+    lines.append("| step | what | " + " | ".join(t for _, t in COLUMNS) + " |")
+    lines.append("|" + "---|" * (len(COLUMNS) + 2))
+    for row in rows(report):
+        cells = [_fmt_metric(row) if k == "metric" else _fmt(row, k) for k, _ in COLUMNS]
+        lines.append(f"| {row['step']} | {row['what']} | " + " | ".join(cells) + " |")
+    if report.get("gates"):
+        lines += ["", "## Gates", "", "| gate | value | limit | passed |", "|---|---|---|---|"]
+        for name, g in report["gates"].items():
+            lines.append(f"| {name} | {g['value']} | {g['limit']} | {'yes' if g['passed'] else '**no**'} |")
+    if report.get("engine"):
+        e = report["engine"]
+        lines += ["", "## Engine", "", f"- file: `{e['path']}` ({e['size_bytes']} bytes), provider {e['provider']}",
+                  f"- parity with PyTorch: max abs {e['parity']['max_abs']:.3g}, mean abs {e['parity']['mean_abs']:.3g}, "
+                  f"top-1 agreement {e['parity'].get('agreement')}"]
+        if e.get("notes", {}).get("kernels"):
+            lines.append(f"- kernels ONNX Runtime runs: {e['notes']['kernels']}")
+    if report.get("skipped"):
+        lines += ["", f"Skipped (not in `pipeline`): {', '.join(report['skipped'])}"]
+    if report.get("error"):
+        lines += ["", f"**Error:** {report['error']}"]
+    if plot:
+        lines += ["", f"![metric, size and latency per step]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_steps(report: dict[str, Any], path: Path) -> bool:
+    points = rows(report)
+    if len(points) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{p['step']}\n{p['what']}" for p in points]
+    metric = next(iter(points[0].get("metric") or {}), None)
+    series = [("size (KiB)", [p["size_bytes"] / 1024 for p in points]),
+              ("latency p50 (ms)", [p["latency_ms"]["p50"] for p in points])]
+    if metric:
+        series.insert(0, (metric, [p["metric"].get(metric, float("nan")) for p in points]))
+    fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.6))
+    for ax, (title, values) in zip(axes, series):
+        ax.bar(range(len(values)), values, color=["#888"] + ["#4c72b0"] * (len(values) - 2) + ["#dd8452"])
+        ax.set_title(title)
+        ax.set_xticks(range(len(values)), names, rotation=30, ha="right", fontsize=8)
+        if title == metric:
+            lo = min(values)
+            ax.set_ylim(max(0.0, lo - 0.05), 1.0 if max(values) <= 1 else None)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def git_sha() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(out_dir: Path, seed: int) -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != "manifest.json" and not p.name.startswith("."))
+    return {
+        "artifacts": [{"path": str(p.relative_to(out_dir)), "bytes": p.stat().st_size, "sha256": sha256(p)}
+                      for p in files if ".hydra" not in p.parts],
+        "packages": versions,
+        "python": platform.python_version(),
+        "machine": {"system": platform.system(), "arch": platform.machine(), "processor": platform.processor()},
+        "seed": seed,
+        "git_sha": git_sha(),
+    }
+
+
+def write_outputs(report: dict[str, Any], plan, out_dir: Path, console: Console) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    has_plot = plot_steps(report, out_dir / "report.png")
+    write_json(out_dir / "report.json", report)
+    write_text(out_dir / "report.md", markdown(report, "report.png" if has_plot else None))
+    write_json(out_dir / "manifest.json", manifest(out_dir, plan.seed))
+    print_table(report, console)

@@ -1,0 +1,101 @@
+"""Static post-training INT8: BN folded, per-channel symmetric weights, per-tensor uint8
+activations calibrated on the recipe's data. Leaves a fake-quantized PyTorch model (see
+compressor.quant) that the report measures and every target exports as Q/DQ."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from compressor.errors import UserError
+from compressor.interfaces import Context
+from compressor.params import one_of
+from compressor.quant import OBSERVERS, QUANTIZABLE, QuantWrapper, needs_reduce_range
+
+
+@dataclass
+class QuantizeInt8Params:
+    calibration_batches: int = 8
+    calibrator: str = "percentile"  # minmax | percentile
+    percentile: float = 99.99
+    reduce_range: str = "auto"  # auto: 7-bit weights on x86 without VNNI; "true" | "false"
+    fold_bn: bool = True
+    exclude: list[str] = field(default_factory=list)  # module-name patterns kept in float
+
+    def check(self):
+        if self.calibration_batches < 1:
+            yield "calibration_batches", f"must be >= 1, got {self.calibration_batches}"
+        yield from one_of(self.calibrator, tuple(OBSERVERS), "calibrator")
+        yield from one_of(self.reduce_range, ("auto", "true", "false"), "reduce_range")
+        if not 50 < self.percentile <= 100:
+            yield "percentile", f"must be in (50, 100], got {self.percentile}"
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a conv into it (traced with torch.fx).
+    Returns how many were folded; models fx cannot trace are left as they are."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:
+        return 0
+    modules = dict(model.named_modules())
+    folded = 0
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        src = node.args[0]
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module" and len(src.users) == 1):
+            continue
+        conv = modules.get(src.target)
+        if isinstance(conv, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            model.set_submodule(src.target, fuse_conv_bn_eval(conv.eval(), modules[node.target].eval()))
+            model.set_submodule(node.target, nn.Identity())
+            folded += 1
+    return folded
+
+
+class QuantizeInt8:
+    """Static post-training INT8 (per-channel weights, calibrated activations)."""
+
+    params: QuantizeInt8Params
+    precision = "int8"  # what this stage leaves; targets check they can run it
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        p = self.params
+        model.eval()
+        folded = fold_batchnorm(model) if p.fold_bn else 0
+        reduce = needs_reduce_range() if p.reduce_range == "auto" else p.reduce_range == "true"
+        names = [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+        for pattern in p.exclude:
+            if not any(fnmatch.fnmatch(n, pattern) for n in names):
+                raise UserError(f"pattern '{pattern}' matches no Conv/Linear layer", key="exclude")
+        wrappers = []
+        for name in names:
+            if any(fnmatch.fnmatch(name, pat) for pat in p.exclude):
+                continue
+            w = QuantWrapper(model.get_submodule(name), weight_bits=7 if reduce else 8)
+            w.observer = OBSERVERS[p.calibrator]() if p.calibrator == "minmax" else OBSERVERS[p.calibrator](p.percentile)
+            model.set_submodule(name, w)
+            wrappers.append(w)
+        seen = 0
+        with torch.no_grad():
+            for i, (x, _) in enumerate(ctx.data.calib):
+                if i >= p.calibration_batches:
+                    break
+                model(x.to(ctx.device))
+                seen += len(x)
+        if seen == 0:
+            raise UserError("the calibration split is empty", key="calibration_batches")
+        for w in wrappers:
+            w.set_act_range(*w.observer.range())
+            w.set_weight_scale()
+            w.observer = None
+        ctx.notes.update(quantized_layers=len(wrappers), float_layers=[n for n in names if not
+                         isinstance(model.get_submodule(n), QuantWrapper)], folded_batchnorms=folded,
+                         calibration_samples=seen, reduce_range=reduce,
+                         reduce_range_reason="x86 without VNNI: u8s8 saturates int16" if reduce else "not needed")
+        return model

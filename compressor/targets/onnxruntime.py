@@ -1,0 +1,93 @@
+"""ONNX Runtime target: export with torch.onnx, check with onnx.checker, run with the
+requested execution provider, and record which one actually ran."""
+from __future__ import annotations
+
+import collections
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from torch import nn
+
+from compressor.errors import UserError
+from compressor.interfaces import Context
+from compressor.params import one_of
+from compressor.targets.onnx_export import OPSET, export_onnx
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                   "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention")
+
+
+@dataclass
+class OnnxRuntimeParams:
+    precision: str = "auto"  # auto: what the pipeline leaves (int8 after a quantize stage, else fp32)
+    provider: str = "cpu"
+    threads: int = 0  # intra-op threads; 0 lets ONNX Runtime choose
+    opset: int = OPSET
+
+    def check(self):
+        yield from one_of(self.precision, ("auto", "fp32", "int8"), "precision")
+        yield from one_of(self.provider, tuple(PROVIDERS), "provider")
+        if self.threads < 0:
+            yield "threads", f"must be >= 0, got {self.threads}"
+
+
+class OrtEngine:
+    """A callable ONNX Runtime session over a built model.onnx."""
+
+    def __init__(self, path: Path, provider: str = "cpu", threads: int = 0, precision: str = "fp32"):
+        import onnxruntime as ort
+
+        self.path, self.precision = Path(path), precision
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        wanted = PROVIDERS[provider]
+        if wanted not in ort.get_available_providers():
+            raise UserError(f"ONNX Runtime here has no {wanted} (available: {ort.get_available_providers()})",
+                            key="target.provider")
+        self.session = ort.InferenceSession(str(self.path), so, providers=[wanted])
+        self.provider = self.session.get_providers()[0]
+        if self.provider != wanted:  # ORT falls back to CPU silently; we do not
+            raise UserError(f"asked for {wanted} but ONNX Runtime ran {self.provider}", key="target.provider")
+        first = self.session.get_inputs()[0]
+        self.input_name, self.input_shape = first.name, list(first.shape)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def kernels(self) -> dict[str, int]:
+        """Op types of the graph ONNX Runtime actually runs, after its optimizations."""
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as tmp:
+            so = ort.SessionOptions()
+            so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            so.log_severity_level = 3
+            ort.InferenceSession(str(self.path), so, providers=[self.provider])
+            graph = onnx.load(so.optimized_model_filepath).graph
+        return dict(collections.Counter(n.op_type for n in graph.node))
+
+
+class OnnxRuntimeTarget:
+    """ONNX Runtime engine (model.onnx): FP32, or INT8 Q/DQ run with integer kernels."""
+
+    params: OnnxRuntimeParams
+    precisions = ("fp32", "int8")
+    suffixes = (".onnx",)
+
+    def build(self, model: nn.Module, ctx: Context, out_dir: Path) -> OrtEngine:
+        path = export_onnx(model, ctx.example_input, out_dir / "model.onnx", opset=self.params.opset)
+        engine = OrtEngine(path, self.params.provider, self.params.threads, self.params.precision)
+        kernels = engine.kernels()
+        ctx.notes["kernels"] = kernels
+        ctx.notes["integer_kernels"] = sum(v for k, v in kernels.items() if k in INTEGER_KERNELS)
+        return engine
+
+    @staticmethod
+    def load(path: Path, provider: str = "cpu") -> OrtEngine:
+        precision = "int8" if any(n.op_type == "DequantizeLinear" for n in onnx.load(str(path)).graph.node) else "fp32"
+        return OrtEngine(path, provider, precision=precision)

@@ -1,0 +1,1 @@
+# Packaged recipes (installed as the `compressor.recipes` package data).
