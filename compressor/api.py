@@ -31,10 +31,10 @@ def compress(recipe: str | None = None, overrides: list[str] | None = None, outp
     out = Path(output_dir) if output_dir else Path("outputs") / ref.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     cfg, _ = compose_recipe(ref, overrides)
-    hydra_cfg = cfg.pop("hydra")
-    write_text(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+    # the same three files Hydra writes for `compressor run`
+    write_text(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(plan.config))
     write_text(out / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
-    write_text(out / ".hydra" / "hydra.yaml", OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    write_text(out / ".hydra" / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": cfg.hydra})))
     handler = logging.FileHandler(out / "compressor.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     log = logging.getLogger("compressor")

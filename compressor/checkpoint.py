@@ -116,11 +116,11 @@ def apply_layer_specs(model: nn.Module, specs: dict[str, dict[str, Any]]) -> nn.
 
 def load_checkpoint(path: str | Path) -> nn.Module:
     """Rebuild a model saved by `save_checkpoint`, with no pickle involved."""
-    from compressor.models import build_model  # late: models import the registry
+    from compressor.models import build_model  # late import: avoids a cycle through the registry
 
     path = Path(path)
     meta = read_metadata(path)
-    model = build_model(meta["model"], pretrained=False)
+    model = build_model(meta["model"], load_weights=False)
     apply_layer_specs(model, meta["layers"])
     tensors = {}
     with safe_open(str(path), framework="pt") as f:

@@ -65,7 +65,8 @@ def resolve_ref(recipe: str | None, argv: list[str]):
 
     name, path = _flag(argv, "-cn", "--config-name"), _flag(argv, "-cp", "--config-path")
     if name or path:
-        return RecipeRef(name or recipe or "default", Path(path).resolve() if path else None)
+        ref = locate(recipe if not name else None)
+        return RecipeRef(name or ref.name, str(Path(path).resolve()) if path else ref.source)
     return locate(recipe)
 
 
@@ -101,11 +102,11 @@ def check(ref, overrides: list[str], multirun: bool = False):
     problems, plans = [], []
     for variant in sweep_variants(overrides) if multirun else [overrides]:
         cfg, found = compose_recipe(ref, variant)
-        if cfg is not None and not found:
+        if cfg is not None:  # bad overrides were dropped: check the rest too, to report all at once
             try:
                 plans.append(make_plan(cfg, ref.name))
             except UserError as e:
-                found = e.problems
+                found += e.problems
         problems += [p for p in found if str(p) not in {str(q) for q in problems}]
     if problems:
         raise UserError(problems)
@@ -146,7 +147,7 @@ def _hydra_task(recipe_name: str):
 def cmd_run(argv: list[str]) -> int:
     import hydra
 
-    from compressor.config import RECIPES_MODULE, register_nodes, search_path_override
+    from compressor.config import register_nodes, search_path_override
 
     recipe, hydra_args, overrides = split_args(argv)
     ref = resolve_ref(recipe, hydra_args)
@@ -154,12 +155,11 @@ def cmd_run(argv: list[str]) -> int:
     if not any(a in HYDRA_INFO_FLAGS for a in hydra_args):
         check(ref, overrides, multirun)
     extra = [o for o in search_path_override(ref) if not any(a.startswith("hydra.searchpath") for a in hydra_args)]
-    config_path = str(ref.config_dir) if ref.config_dir else f"pkg://{RECIPES_MODULE}"
     sys.argv = ["compressor"] + [a for a in hydra_args if a not in ("-cp", "--config-path") and
                                  a != _flag(hydra_args, "-cp", "--config-path")] + extra
     register_nodes()
     STATUSES.clear()
-    hydra.main(version_base="1.3", config_path=config_path, config_name=ref.name)(_hydra_task(ref.name))()
+    hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(_hydra_task(ref.name))()
     if not STATUSES:
         return EXIT_OK  # --cfg / --info / --help
     if any(s in ("error",) for s in STATUSES):

@@ -80,7 +80,22 @@ def _node_class(name: str, params: type | None) -> Any:
 @dataclass
 class RecipeRef:
     name: str  # config name (file stem)
-    config_dir: Optional[Path] = None  # a user's folder, searched before the packaged recipes
+    source: str = f"pkg://{RECIPES_MODULE}"  # primary folder: pkg://module or an absolute directory
+
+
+def recipe_sources() -> list[str]:
+    """The packaged recipe tree, then plugins' trees (entry point group `compressor.recipes`)."""
+    return [f"pkg://{RECIPES_MODULE}"] + [f"pkg://{ep.value}" for ep in metadata.entry_points(group="compressor.recipes")]
+
+
+def _names_in(source: str) -> set[str]:
+    root = resources.files(source[len("pkg://"):])
+    return {p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith(".yaml") and p.name != "base.yaml"}
+
+
+def recipe_names() -> list[str]:
+    """Top-level recipes (not config groups) from this package and plugins."""
+    return sorted(set().union(*(_names_in(s) for s in recipe_sources())))
 
 
 def locate(arg: Optional[str]) -> RecipeRef:
@@ -92,44 +107,27 @@ def locate(arg: Optional[str]) -> RecipeRef:
             path = path.with_suffix(".yaml")
         if not path.is_file():
             raise UserError(f"recipe file not found: {arg}", key="recipe")
-        return RecipeRef(path.stem, path.resolve().parent)
+        return RecipeRef(path.stem, str(path.resolve().parent))
+    for source in recipe_sources():
+        if arg in _names_in(source):
+            return RecipeRef(arg, source)
     names = recipe_names()
-    if arg not in names:
-        raise UserError(f"no packaged recipe '{arg}'{did_you_mean(arg, names)}; packaged: {', '.join(names)}",
-                        key="recipe")
-    return RecipeRef(arg)
-
-
-def recipe_search_path() -> list[str]:
-    """Recipe folders of plugin packages (entry point group `compressor.recipes`)."""
-    return [f"pkg://{ep.value}" for ep in metadata.entry_points(group="compressor.recipes")]
-
-
-def recipe_names() -> list[str]:
-    """Top-level recipes (not config groups) from this package and plugins."""
-    names = set()
-    for module in [RECIPES_MODULE] + [p[len("pkg://"):] for p in recipe_search_path()]:
-        root = resources.files(module)
-        names |= {p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith(".yaml") and p.name != "base.yaml"}
-    return sorted(names)
-
-
-# ---------------------------------------------------------------- composing
+    raise UserError(f"no packaged recipe '{arg}'{did_you_mean(arg, names)}; packaged: {', '.join(names)}", key="recipe")
 
 
 def search_path_override(ref: RecipeRef) -> list[str]:
-    """Where Hydra finds recipes besides the primary folder: for a user's recipe file, the
-    packaged tree (for `model: digits_cnn`, `stage@...` and `base`); always plugins' folders."""
-    extra = ([f"pkg://{RECIPES_MODULE}"] if ref.config_dir is not None else []) + recipe_search_path()
+    """The recipe trees besides the primary one, so that `model: digits_cnn`, `base` and
+    plugins' groups resolve from a user's folder or a plugin's recipe."""
+    extra = [s for s in recipe_sources() if s != ref.source]
     return [f"hydra.searchpath=[{','.join(extra)}]"] if extra else []
 
 
 def _initialize(ref: RecipeRef):
     GlobalHydra.instance().clear()
     register_nodes()
-    if ref.config_dir is not None:
-        return initialize_config_dir(config_dir=str(ref.config_dir), version_base="1.3", job_name="compressor")
-    return initialize_config_module(config_module=RECIPES_MODULE, version_base="1.3", job_name="compressor")
+    if ref.source.startswith("pkg://"):
+        return initialize_config_module(config_module=ref.source[len("pkg://"):], version_base="1.3", job_name="compressor")
+    return initialize_config_dir(config_dir=ref.source, version_base="1.3", job_name="compressor")
 
 
 def compose_recipe(ref: RecipeRef, overrides: list[str]) -> tuple[Optional[DictConfig], list[Problem]]:
@@ -160,7 +158,7 @@ def _explain(e: Exception, overrides: list[str]) -> tuple[Problem, Optional[str]
         group, _, option = missing.rpartition("/")
         options = list(e.options or [])
         culprit = next((o for o in overrides if o.split("=", 1)[-1].strip() == option or missing in o), None)
-        key = group.replace("/", ".") or "recipe"
+        key = _override_key(culprit) if culprit and "@" in culprit else group.replace("/", ".") or "recipe"
         hint = did_you_mean(option, options)
         known = f"; available: {', '.join(options)}" if options else ""
         return Problem(key, f"no config '{option}'{hint}{known}"), culprit
@@ -176,13 +174,25 @@ def _explain(e: Exception, overrides: list[str]) -> tuple[Problem, Optional[str]
         key = getattr(cause, "full_key", None) or _override_key(line)
         detail = str(cause).splitlines()[0] if cause else msg
         return Problem(key, detail), line if line in overrides else None
-    if isinstance(e, OmegaConfBaseException) or isinstance(cause, OmegaConfBaseException):
-        err = cause if isinstance(cause, OmegaConfBaseException) else e
-        key = getattr(err, "full_key", "") or "recipe"
-        return Problem(key, str(err).splitlines()[0]), None
+    inner = next((x for x in (e, cause, e.__context__) if isinstance(x, OmegaConfBaseException)), None)
+    if inner is not None:  # e.g. a recipe value for a key the selected stage does not take
+        key = getattr(inner, "full_key", "") or "recipe"
+        line = str(inner).strip().splitlines()[0]
+        m = re.match(r"Key '([^']+)' not in '(\w+?)(?:ParamsNode|_node|Node)'", line)
+        if m:
+            line = f"not a parameter of the selected component ({m.group(2)}){_hint_for(inner, m.group(1))}"
+        return Problem(key, line), None
     first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
     culprit = next((o for o in overrides if o in msg), None)
     return Problem(_override_key(culprit) if culprit else "recipe", first), culprit
+
+
+def _hint_for(err: OmegaConfBaseException, key: str) -> str:
+    node_type = getattr(err, "object_type", None)
+    if node_type is None or not dataclasses.is_dataclass(node_type):
+        return ""
+    names = [f.name for f in dataclasses.fields(node_type) if f.name != "kind"]
+    return did_you_mean(key, names) + f"; valid keys: {', '.join(names)}"
 
 
 def _override_key(line: str) -> str:

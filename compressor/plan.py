@@ -78,10 +78,16 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
     _component(MODELS, model_section, "model", problems)
     _component(DATASETS, data_section, "data", problems)
 
-    stages = _section(cfg, "stages") or {}
+    sections = _section(cfg, "stages") or {}
+    # A slot whose stage was removed (`~stage@stages.x`) keeps the recipe's values but no kind.
+    stages = {k: v for k, v in sections.items() if isinstance(v, dict) and "kind" in v}
     pipeline = list(_section(cfg, "pipeline") or [])
     steps = []
     for i, slot in enumerate(pipeline):
+        if slot in sections and slot not in stages:
+            problems.append(Problem(f"stages.{slot}", f"no stage is selected for slot '{slot}' (removed with "
+                                                      f"~stage@stages.{slot}?); select one with stage@stages.{slot}=NAME"))
+            continue
         if slot not in stages:
             problems.append(Problem(f"pipeline[{i}]", f"no stage slot '{slot}'{did_you_mean(slot, stages)}; "
                                                       f"slots: {', '.join(stages) or 'none'}"))

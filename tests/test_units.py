@@ -1,0 +1,138 @@
+"""The stages and export pieces on their own, with real models and data."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compressor import measure
+from compressor.checkpoint import load_checkpoint, save_checkpoint
+from compressor.data.digits import DigitsParams, build as build_digits
+from compressor.interfaces import Context
+from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn, packaged_accuracy
+from compressor.quant import QuantWrapper
+from compressor.stages.prune_magnitude import PruneMagnitude, PruneMagnitudeParams
+from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params, fold_batchnorm
+from compressor.training import accuracy, fit
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_digits(DigitsParams())
+
+
+def ctx_for(data, model):
+    import logging
+
+    return Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
+                   log=logging.getLogger("test"), progress=None)
+
+
+def make(cls, params):
+    s = cls()
+    s.params = params
+    return s
+
+
+def test_packaged_reference_model_accuracy(data):
+    model = build_cnn(DigitsCNNParams())
+    acc = accuracy(model, data.val)
+    assert acc == pytest.approx(packaged_accuracy(), abs=1e-9)
+    assert acc >= 0.98
+
+
+def test_digits_split_is_deterministic():
+    a, b = build_digits(DigitsParams()), build_digits(DigitsParams())
+    assert torch.equal(a.val.dataset.tensors[0], b.val.dataset.tensors[0])
+    assert len(a.val.dataset) == 360 and len(a.train.dataset) == 1437
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_prune_magnitude_reaches_ratio(data, scope):
+    model = build_cnn(DigitsCNNParams())
+    ctx = ctx_for(data, model)
+    make(PruneMagnitude, PruneMagnitudeParams(ratio=0.7, scope=scope)).apply(model, ctx)
+    assert measure.sparsity(model) == pytest.approx(0.7, abs=0.01)
+    assert not any(hasattr(m, "weight_orig") for m in model.modules())  # masks made permanent
+    if scope == "layer":
+        assert all(v == pytest.approx(0.7, abs=0.01) for v in ctx.notes["layer_sparsity"].values())
+
+
+def test_prune_exclude_pattern_that_matches_nothing(data):
+    from compressor.errors import UserError
+
+    model = build_cnn(DigitsCNNParams())
+    with pytest.raises(UserError) as e:
+        make(PruneMagnitude, PruneMagnitudeParams(exclude=["head.*"])).apply(model, ctx_for(data, model))
+    assert e.value.problems[0].key == "exclude"
+
+
+def test_finetune_keeps_pruned_weights_at_zero(data):
+    model = build_cnn(DigitsCNNParams())
+    make(PruneMagnitude, PruneMagnitudeParams(ratio=0.8)).apply(model, ctx_for(data, model))
+    before = measure.sparsity(model)
+    fit(model, data.train, epochs=1, lr=1e-3)
+    assert measure.sparsity(model) >= before - 1e-6
+
+
+def test_fold_batchnorm_preserves_outputs(data):
+    model = build_cnn(DigitsCNNParams())
+    x, _ = next(iter(data.val))
+    with torch.no_grad():
+        ref = model(x)
+        assert fold_batchnorm(model) == 3
+        out = model(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert torch.allclose(ref, out, atol=1e-4)
+
+
+def test_quantize_int8_close_to_float_and_size(data):
+    model = build_cnn(DigitsCNNParams())
+    base = accuracy(model, data.val)
+    ctx = ctx_for(data, model)
+    q = make(QuantizeInt8, QuantizeInt8Params(calibrator="minmax")).apply(model, ctx)
+    assert sum(isinstance(m, QuantWrapper) for m in q.modules()) == 5
+    assert accuracy(q, data.val) >= base - 0.01
+    assert measure.weight_bytes(q) < 0.27 * 4 * measure.count_params(q)
+
+
+def test_quantized_checkpoint_roundtrip_without_pickle(tmp_path, data):
+    model = build_cnn(DigitsCNNParams())
+    q = make(QuantizeInt8, QuantizeInt8Params()).apply(model, ctx_for(data, model))
+    path = save_checkpoint(q, tmp_path / "m.safetensors", {"kind": "digits_cnn"})
+    back = load_checkpoint(path)
+    x, _ = next(iter(data.val))
+    with torch.no_grad():
+        assert torch.equal(q(x), back(x))
+    assert isinstance(back.get_submodule("0"), QuantWrapper)
+
+
+def test_checkpoint_rejects_file_without_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    from compressor.errors import UserError
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(UserError):
+        load_checkpoint(tmp_path / "plain.safetensors")
+
+
+def test_onnx_int8_export_parity_and_int8_weights(tmp_path, data):
+    import onnx
+
+    from compressor.targets.onnxruntime import OrtEngine
+    from compressor.targets.onnx_export import export_onnx
+
+    model = build_cnn(DigitsCNNParams())
+    fp32 = export_onnx(model, data.example_input(), tmp_path / "fp32.onnx")
+    q = make(QuantizeInt8, QuantizeInt8Params()).apply(model, ctx_for(data, model))
+    int8 = export_onnx(q, data.example_input(), tmp_path / "int8.onnx")
+    assert int8.stat().st_size <= 0.27 * fp32.stat().st_size
+    engine = OrtEngine(int8, precision="int8")
+    kernels = engine.kernels()
+    assert kernels.get("QLinearConv") == 3 and kernels.get("QGemm") == 2, kernels
+    x, _ = next(iter(data.val))
+    with torch.no_grad():
+        ref = q(x).numpy()
+    out = engine(x.numpy())
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.98
+    assert np.abs(out - ref).max() < 0.25 * np.abs(ref).max()
