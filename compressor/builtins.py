@@ -7,10 +7,11 @@ def register() -> None:
     from compressor.data import digits
     from compressor.models import digits_cnn
     from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
-    from compressor.stages import finetune, prune_magnitude, quantize_int8
+    from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8
     from compressor.targets import onnxruntime
 
     STAGES.add("prune_magnitude", prune_magnitude.PruneMagnitude, prune_magnitude.PruneMagnitudeParams)
+    STAGES.add("prune_structured", prune_structured.PruneStructured, prune_structured.PruneStructuredParams)
     STAGES.add("finetune", finetune.Finetune, finetune.FinetuneParams)
     STAGES.add("quantize_int8", quantize_int8.QuantizeInt8, quantize_int8.QuantizeInt8Params)
 

@@ -98,11 +98,13 @@ def check(ref, overrides: list[str], multirun: bool = False):
     """Compose and validate; returns the plans or raises UserError with every problem."""
     from compressor.config import compose_recipe
     from compressor.plan import make_plan
+    from compressor.safety import unsafe_keys
 
     problems, plans = [], []
     for variant in sweep_variants(overrides) if multirun else [overrides]:
         cfg, found = compose_recipe(ref, variant)
         if cfg is not None:  # bad overrides were dropped: check the rest too, to report all at once
+            found += unsafe_keys(cfg)
             try:
                 plans.append(make_plan(cfg, ref.name))
             except UserError as e:

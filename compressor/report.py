@@ -31,7 +31,11 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _fmt_metric(row: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in (row.get("metric") or {}).items()) or "n/a"
+    return ", ".join(f"{v:.4f}" for v in (row.get("metric") or {}).values()) or "n/a"
+
+
+def _metric_title(report: dict[str, Any]) -> str:
+    return ", ".join((report.get("baseline") or {}).get("metric") or {}) or "metric"
 
 
 def _fmt(row: dict[str, Any], key: str) -> str:
@@ -44,6 +48,8 @@ def _fmt(row: dict[str, Any], key: str) -> str:
         return f"{v / 1024:.1f} KiB"
     if key == "macs":
         return f"{v / 1e6:.2f} M"
+    if key == "params":
+        return f"{v / 1e3:.1f} k"
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
@@ -55,8 +61,8 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     table = Table(title=f"{report['recipe']}: {report['status']}")
     table.add_column("step", no_wrap=True)
     table.add_column("what", no_wrap=True)
-    for _, title in COLUMNS:
-        table.add_column(title, justify="right")
+    for key, title in COLUMNS:
+        table.add_column(_metric_title(report) if key == "metric" else title, justify="right", no_wrap=True)
     for row in rows(report):
         table.add_row(row["step"], row["what"], *[_fmt_metric(row) if k == "metric" else _fmt(row, k) for k, _ in COLUMNS])
     console.print(table)
@@ -69,7 +75,8 @@ def print_table(report: dict[str, Any], console: Console) -> None:
 
 def markdown(report: dict[str, Any], plot: str | None) -> str:
     lines = [f"# {report['recipe']}: {report['status']}", ""]
-    lines.append("| step | what | " + " | ".join(t for _, t in COLUMNS) + " |")
+    titles = [_metric_title(report) if k == "metric" else t for k, t in COLUMNS]
+    lines.append("| step | what | " + " | ".join(titles) + " |")
     lines.append("|" + "---|" * (len(COLUMNS) + 2))
     for row in rows(report):
         cells = [_fmt_metric(row) if k == "metric" else _fmt(row, k) for k, _ in COLUMNS]

@@ -136,3 +136,34 @@ def test_onnx_int8_export_parity_and_int8_weights(tmp_path, data):
     out = engine(x.numpy())
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.98
     assert np.abs(out - ref).max() < 0.25 * np.abs(ref).max()
+
+
+def test_prune_structured_shrinks_and_roundtrips(tmp_path, data):
+    from compressor.errors import UserError
+    from compressor.stages.prune_structured import PruneStructured, PruneStructuredParams
+
+    model = build_cnn(DigitsCNNParams())
+    params_before = measure.count_params(model)
+    ctx = ctx_for(data, model)
+    pruned = make(PruneStructured, PruneStructuredParams(ratio=0.5, round_to=4)).apply(model, ctx)
+    assert measure.count_params(pruned) < 0.3 * params_before
+    assert 0.2 < ctx.notes["macs_ratio"] < 0.3
+    assert pruned[-1].out_features == 10  # the classifier head keeps every class
+    assert all(m.out_channels % 4 == 0 for m in pruned.modules() if isinstance(m, nn.Conv2d))
+    path = save_checkpoint(pruned, tmp_path / "p.safetensors", {"kind": "digits_cnn"})
+    back = load_checkpoint(path)
+    x, _ = next(iter(data.val))
+    with torch.no_grad():
+        assert torch.equal(pruned.eval()(x), back(x))
+    with pytest.raises(UserError) as e:
+        make(PruneStructured, PruneStructuredParams(ignore=["nothing.*"])).apply(build_cnn(DigitsCNNParams()), ctx)
+    assert e.value.problems[0].key == "ignore"
+
+
+def test_gradual_cubic_schedule():
+    from compressor.stages.prune_structured import cubic_schedule
+
+    s = cubic_schedule(0.5, 4)
+    assert s[0] == 0 and s[-1] == pytest.approx(0.5)
+    steps = [b - a for a, b in zip(s, s[1:])]
+    assert steps == sorted(steps, reverse=True)  # prunes most at first (AGP)

@@ -1,0 +1,168 @@
+"""Structured (channel/filter) pruning with Torch-Pruning's dependency graph: coupled layers
+(residual adds, concatenations, depthwise convs, BN, attention heads) shrink together, so the
+model physically gets smaller and faster and still exports. Optionally gradual: N steps on a
+cubic (AGP) schedule with fine-tuning between them on the shared training loop."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.errors import UserError
+from compressor.interfaces import Context
+from compressor.params import one_of
+from compressor.training import fit
+
+IMPORTANCES = ("magnitude", "bn_scale", "taylor", "lamp", "fpgm")
+
+
+@dataclass
+class PruneStructuredParams:
+    ratio: float = 0.5  # fraction of channels (and heads' dims) removed per prunable group
+    importance: str = "magnitude"  # magnitude | bn_scale | taylor | lamp | fpgm
+    norm: int = 2  # p of the magnitude norm
+    global_pruning: bool = False  # one ranking across layers instead of the same ratio in each
+    layer_ratios: dict = field(default_factory=dict)  # {module-name pattern: ratio}, overrides `ratio`
+    ignore: list = field(default_factory=list)  # module-name patterns left untouched
+    round_to: Optional[int] = None  # keep channel counts multiples of this (e.g. 8 for tensor cores)
+    max_layer_ratio: float = 0.9  # no layer loses more than this (guards global pruning)
+    steps: int = 1  # gradual pruning: reach `ratio` in this many steps (cubic AGP schedule)
+    finetune_epochs: int = 0  # epochs of fine-tuning after each step
+    lr: float = 1e-3
+    taylor_batches: int = 4  # batches of training data for Taylor importance gradients
+
+    def check(self):
+        if not 0 <= self.ratio < 1:
+            yield "ratio", f"must be in [0, 1), got {self.ratio}"
+        yield from one_of(self.importance, IMPORTANCES, "importance")
+        for pattern, r in self.layer_ratios.items():
+            if not isinstance(r, (int, float)) or not 0 <= r < 1:
+                yield f"layer_ratios.{pattern}", f"must be in [0, 1), got {r!r}"
+        if self.round_to is not None and self.round_to < 1:
+            yield "round_to", f"must be >= 1, got {self.round_to}"
+        if not 0 < self.max_layer_ratio <= 1:
+            yield "max_layer_ratio", f"must be in (0, 1], got {self.max_layer_ratio}"
+        if self.steps < 1:
+            yield "steps", f"must be >= 1, got {self.steps}"
+        if self.finetune_epochs < 0:
+            yield "finetune_epochs", f"must be >= 0, got {self.finetune_epochs}"
+
+
+def cubic_schedule(ratio: float, steps: int) -> list[float]:
+    """Zhu & Gupta's AGP schedule: prune fast first, slowly at the end."""
+    return [ratio * (1 - (1 - k / steps) ** 3) for k in range(steps + 1)]
+
+
+def _importance(p: PruneStructuredParams):
+    import torch_pruning as tp
+
+    return {
+        "magnitude": lambda: tp.importance.GroupMagnitudeImportance(p=p.norm),
+        "bn_scale": lambda: tp.importance.BNScaleImportance(),
+        "taylor": lambda: tp.importance.GroupTaylorImportance(),
+        "lamp": lambda: tp.importance.LAMPImportance(p=p.norm),
+        "fpgm": lambda: tp.importance.FPGMImportance(p=p.norm),
+    }[p.importance]()
+
+
+def _match(names: list[str], pattern: str, key: str) -> list[str]:
+    hits = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    if not hits:
+        raise UserError(f"pattern '{pattern}' matches no layer", key=key)
+    return hits
+
+
+def classifier_heads(model: nn.Module, num_classes: int | None) -> list[nn.Module]:
+    """The last Linear/Conv producing the class scores: pruning its outputs would drop classes."""
+    if not num_classes:
+        return []
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    heads = [m for m in layers if (m.out_features if isinstance(m, nn.Linear) else m.out_channels) == num_classes]
+    return heads[-1:] if heads else layers[-1:]
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """Head counts Torch-Pruning needs to keep heads whole (torch MultiheadAttention)."""
+    return {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+
+
+class PruneStructured:
+    """Channel/filter pruning on a dependency graph (Torch-Pruning); the model shrinks for real."""
+
+    params: PruneStructuredParams
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        import torch_pruning as tp
+
+        p = self.params
+        model.eval()
+        names = dict((m, n) for n, m in model.named_modules())
+        by_name = dict(model.named_modules())
+        ignored = classifier_heads(model, ctx.data.num_classes)
+        for pattern in p.ignore:
+            ignored += [by_name[n] for n in _match(list(by_name), pattern, "ignore")]
+        ratio_dict = {}
+        for pattern, r in p.layer_ratios.items():
+            for n in _match(list(by_name), pattern, f"layer_ratios.{pattern}"):
+                ratio_dict[by_name[n]] = float(r)
+        example = ctx.example_input
+        before = {n: _width(m) for n, m in model.named_modules() if _width(m)}
+        macs_before, params_before = tp.utils.count_ops_and_params(model, example)
+        try:
+            pruner = tp.pruner.BasePruner(
+                model, example, importance=_importance(p), pruning_ratio=p.ratio,
+                pruning_ratio_dict=ratio_dict or None, global_pruning=p.global_pruning,
+                max_pruning_ratio=p.max_layer_ratio, iterative_steps=p.steps,
+                iterative_pruning_ratio_scheduler=cubic_schedule, ignored_layers=ignored,
+                round_to=p.round_to, num_heads=attention_heads(model),
+            )
+            for step in range(p.steps):
+                if p.importance == "taylor":
+                    self._gradients(model, ctx)
+                pruner.step()
+                model.zero_grad(set_to_none=True)
+                if p.finetune_epochs:
+                    fit(model, ctx.data.train, p.finetune_epochs, lr=p.lr, device=ctx.device,
+                        progress=ctx.progress, description=f"prune step {step + 1}/{p.steps}: finetune")
+                    model.eval()
+        except UserError:
+            raise
+        except Exception as e:  # Torch-Pruning raises many types for graphs it cannot handle
+            raise UserError(f"the model cannot be pruned structurally: {type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:200]}", key="") from e
+        _sync_attention(model)
+        macs_after, params_after = tp.utils.count_ops_and_params(model, example)
+        changed = {n: f"{before[n]}->{_width(m)}" for n, m in model.named_modules()
+                   if n in before and _width(m) != before[n]}
+        ctx.notes.update(macs_ratio=round(macs_after / max(macs_before, 1), 4),
+                         params_ratio=round(params_after / max(params_before, 1), 4),
+                         ignored_layers=[names[m] for m in ignored], widths=changed)
+        return model
+
+    def _gradients(self, model: nn.Module, ctx: Context) -> None:
+        model.zero_grad(set_to_none=True)
+        for i, (x, y) in enumerate(ctx.data.train):
+            if i >= self.params.taylor_batches:
+                break
+            F.cross_entropy(model(x.to(ctx.device)), y.to(ctx.device)).backward()
+
+
+def _width(m: nn.Module) -> int | None:
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return m.out_channels
+    if isinstance(m, nn.Linear):
+        return m.out_features
+    return None
+
+
+def _sync_attention(model: nn.Module) -> None:
+    """Torch-Pruning resizes MultiheadAttention's projections; keep its bookkeeping in step."""
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            m.embed_dim = m.in_proj_weight.shape[1] if m.in_proj_weight is not None else m.embed_dim
+            m.kdim = m.vdim = m.embed_dim
+            m.head_dim = m.embed_dim // m.num_heads
