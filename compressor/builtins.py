@@ -4,21 +4,28 @@ from __future__ import annotations
 
 def register() -> None:
     from compressor import metrics
-    from compressor.data import digits
-    from compressor.models import digits_cnn
+    from compressor.data import digits, images
+    from compressor.models import digits_cnn, torchvision_zoo
     from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
     from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8
+    from compressor.stages import prune_layers, prune_nm, sensitivity
     from compressor.targets import onnxruntime
 
     STAGES.add("prune_magnitude", prune_magnitude.PruneMagnitude, prune_magnitude.PruneMagnitudeParams)
     STAGES.add("prune_structured", prune_structured.PruneStructured, prune_structured.PruneStructuredParams)
+    STAGES.add("prune_nm", prune_nm.PruneNM, prune_nm.PruneNMParams)
+    STAGES.add("prune_layers", prune_layers.PruneLayers, prune_layers.PruneLayersParams)
+    STAGES.add("sensitivity", sensitivity.Sensitivity, sensitivity.SensitivityParams)
     STAGES.add("finetune", finetune.Finetune, finetune.FinetuneParams)
     STAGES.add("quantize_int8", quantize_int8.QuantizeInt8, quantize_int8.QuantizeInt8Params)
 
     TARGETS.add("onnxruntime", onnxruntime.OnnxRuntimeTarget, onnxruntime.OnnxRuntimeParams)
 
     MODELS.add("digits_cnn", digits_cnn.build, digits_cnn.DigitsCNNParams)
+    MODELS.add("torchvision", torchvision_zoo.build, torchvision_zoo.TorchvisionParams)
     DATASETS.add("digits", digits.build, digits.DigitsParams)
+    DATASETS.add("imagefolder", images.build_imagefolder, images.ImageFolderParams)
+    DATASETS.add("synthetic", images.build_synthetic, images.SyntheticParams)
 
     METRICS.add("top1", metrics.top1)
     METRICS.add("top5", metrics.top5)

@@ -123,6 +123,8 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
             data = build_data(plan.data, plan.seed)
             model = build_model(plan.model).to(device)
             _check_fits(model, data, device)
+            if not data.labelled:
+                report["metric_unavailable"] = "the data has no labels (synthetic): no metric is measured"
             progress.update(overall, description="baseline")
             report["baseline"] = snapshot(model, data, plan, device)
             report["baseline"]["size_bytes"] = len(safetensors_bytes(
