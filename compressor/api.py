@@ -75,7 +75,9 @@ def load_engine(path: str | Path):
 def bench_engine(path: str | Path, batch: int = 32, warmup: int = 10, iters: int = 50) -> dict[str, Any]:
     engine = load_engine(path)
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in engine.input_shape]
-    one = np.random.default_rng(0).standard_normal([1] + shape[1:]).astype(np.float32)
+    rng = np.random.default_rng(0)
+    one = (rng.integers(0, 100, [1] + shape[1:]) if getattr(engine, "input_dtype", np.float32) == np.int64
+           else rng.standard_normal([1] + shape[1:])).astype(getattr(engine, "input_dtype", np.float32))
     many = np.repeat(one, batch, axis=0)
     lat = latency(lambda: engine(one), warmup, iters)
     t = time.perf_counter()
@@ -88,7 +90,7 @@ def bench_engine(path: str | Path, batch: int = 32, warmup: int = 10, iters: int
 
 
 def rebuild_report(path: str | Path, console: Console) -> dict[str, Any]:
-    from compressor.report import markdown, plot_steps, print_table
+    from compressor.report import markdown, plot_steps, print_table, sensitivity_section
 
     path = Path(path)
     file = path / "report.json"
@@ -96,6 +98,7 @@ def rebuild_report(path: str | Path, console: Console) -> dict[str, Any]:
         raise UserError(f"no report.json in {path}", key="report")
     report = json.loads(file.read_text())
     has_plot = plot_steps(report, path / "report.png")
-    write_text(path / "report.md", markdown(report, "report.png" if has_plot else None))
+    write_text(path / "report.md", markdown(report, "report.png" if has_plot else None)
+               + sensitivity_section(report, path))
     print_table(report, console)
     return report

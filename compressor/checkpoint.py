@@ -2,8 +2,9 @@
 
 No pickles. The metadata holds the model's recipe entry (registry kind + params) and a
 spec of every layer whose shape or type a stage changed (pruned channels, quantization
-wrappers, removed blocks). Loading builds the model from its recipe entry, swaps in the
-changed layers from a fixed table of module types, then loads the weights strictly.
+wrappers, removed blocks), plus each module's plain scalar attributes (attention head counts).
+Loading builds the model from its recipe entry, swaps in the changed layers from a fixed
+table of module types, restores the scalars, then loads the weights strictly.
 Nothing in the metadata can name code to import.
 """
 from __future__ import annotations
@@ -80,6 +81,31 @@ def layer_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
     return specs
 
 
+SCALARS = (bool, int, float)
+
+
+def layer_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Plain scalar attributes of every module (head counts, head sizes, scaling...): pruning
+    attention changes them without changing any layer type, and the forward pass reads them."""
+    out = {}
+    for name, m in model.named_modules():
+        attrs = {k: v for k, v in vars(m).items() if not k.startswith("_") and type(v) in SCALARS and k != "training"}
+        if attrs:
+            out[name] = attrs
+    return out
+
+
+def apply_layer_attrs(model: nn.Module, attrs: dict[str, dict[str, Any]]) -> None:
+    """Set recorded scalars back, only on attributes the rebuilt module already has with the
+    same type: metadata can adjust numbers, never add behaviour."""
+    modules = dict(model.named_modules())
+    for name, values in attrs.items():
+        m = modules.get(name)
+        for k, v in values.items() if m is not None else ():
+            if k in vars(m) and type(vars(m)[k]) is type(v):
+                setattr(m, k, v)
+
+
 def save_checkpoint(model: nn.Module, path: Path, model_cfg: dict[str, Any], extra: dict | None = None) -> Path:
     """Writes `path` (a .safetensors file) atomically."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -87,6 +113,7 @@ def save_checkpoint(model: nn.Module, path: Path, model_cfg: dict[str, Any], ext
         "format": FORMAT,
         "model": json.dumps(model_cfg),
         "layers": json.dumps(layer_specs(model)),
+        "attrs": json.dumps(layer_attrs(model)),
         "extra": json.dumps(extra or {}),
     }
     with atomic_path(path) as tmp:
@@ -102,7 +129,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable safetensors file ({e})", key="checkpoint") from e
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} has no compressor architecture metadata", key="checkpoint")
-    return {k: json.loads(meta[k]) for k in ("model", "layers", "extra")}
+    return {k: json.loads(meta.get(k, "{}")) for k in ("model", "layers", "attrs", "extra")}
 
 
 def apply_layer_specs(model: nn.Module, specs: dict[str, dict[str, Any]]) -> nn.Module:
@@ -122,6 +149,7 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     meta = read_metadata(path)
     model = build_model(meta["model"], load_weights=False)
     apply_layer_specs(model, meta["layers"])
+    apply_layer_attrs(model, meta["attrs"])
     tensors = {}
     with safe_open(str(path), framework="pt") as f:
         for k in f.keys():

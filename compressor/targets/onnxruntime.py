@@ -55,9 +55,10 @@ class OrtEngine:
             raise UserError(f"asked for {wanted} but ONNX Runtime ran {self.provider}", key="target.provider")
         first = self.session.get_inputs()[0]
         self.input_name, self.input_shape = first.name, list(first.shape)
+        self.input_dtype = np.int64 if first.type == "tensor(int64)" else np.float32
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})[0]
 
     def kernels(self) -> dict[str, int]:
         """Op types of the graph ONNX Runtime actually runs, after its optimizations."""
