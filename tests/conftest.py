@@ -16,6 +16,23 @@ def cli(*args, cwd=None, env=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture
+def cli_inproc(tmp_path, monkeypatch, capsys):
+    """The same CLI entry point, in this process (no interpreter start-up per call): for the
+    many checks that stop at validation. Returns a function like `cli` giving (code, out, err)."""
+    from compressor.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def call(*args):
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return call
+
+
 def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("outputs/**/report.json"))
 

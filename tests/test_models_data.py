@@ -44,9 +44,9 @@ def test_recipe_on_image_folder_with_torchvision_model(tmp_path):
     assert 0 <= r["engine"]["metric"]["top1"] <= 1
 
 
-def test_missing_paths_and_unknown_names_are_one_line(tmp_path):
-    proc = cli("validate", "model=torchvision", "model.name=resnet19", "model.checkpoint=/nope.pt",
-               "data=imagefolder", "data.root=/no/such/folder", cwd=tmp_path)
+def test_missing_paths_and_unknown_names_are_one_line(tmp_path, cli_inproc):
+    proc = cli_inproc("validate", "model=torchvision", "model.name=resnet19", "model.checkpoint=/nope.pt",
+                      "data=imagefolder", "data.root=/no/such/folder")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2
     assert any(l.startswith("error: model.name") and "did you mean 'resnet18'" in l for l in lines), lines

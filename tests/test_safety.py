@@ -1,7 +1,6 @@
 """Recipes and overrides cannot make the program import or call code."""
 import pytest
 
-from conftest import cli
 
 BYPASSES = [
     "+hydra.callbacks.x._target_=os.system",
@@ -15,8 +14,8 @@ BYPASSES = [
 
 
 @pytest.mark.parametrize("override", BYPASSES)
-def test_code_paths_refused_before_anything_runs(tmp_path, override):
-    proc = cli("run", override, cwd=tmp_path)
+def test_code_paths_refused_before_anything_runs(tmp_path, cli_inproc, override):
+    proc = cli_inproc("run", override)
     assert proc.returncode == 2, proc.stderr
     key = override.lstrip("+").split("=")[0]
     assert proc.stderr.startswith("error: ") and key.split(".")[0] in proc.stderr, proc.stderr
@@ -24,10 +23,10 @@ def test_code_paths_refused_before_anything_runs(tmp_path, override):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_recipe_file_with_target_refused(tmp_path):
+def test_recipe_file_with_target_refused(tmp_path, cli_inproc):
     (tmp_path / "evil.yaml").write_text(
         "defaults:\n  - default\n  - _self_\nhydra:\n  callbacks:\n    pwn:\n      _target_: os.system\n"
         "      command: touch pwned\n")
-    proc = cli("run", "./evil.yaml", cwd=tmp_path)
+    proc = cli_inproc("run", "./evil.yaml")
     assert proc.returncode == 2 and "hydra.callbacks.pwn._target_" in proc.stderr
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "outputs").exists()

@@ -1,7 +1,9 @@
-"""Malformed recipes and overrides: each problem is one line naming its key, before any work."""
+"""Malformed recipes and overrides: each problem is one line naming its key, before any work.
+Most run the CLI entry point in-process; the Hydra hand-over runs as a real subprocess."""
 import pytest
 
 from conftest import cli
+
 
 
 def lines(proc):
@@ -19,8 +21,8 @@ def lines(proc):
     ("model.widht=3", "model.widht"),                          # unknown model key
     ("data.channels=2", "data.channels"),                      # bad value
 ])
-def test_one_line_naming_the_key(tmp_path, override, key):
-    proc = cli("run", override, cwd=tmp_path)
+def test_one_line_naming_the_key(tmp_path, cli_inproc, override, key):
+    proc = cli_inproc("run", override)
     assert proc.returncode == 2, proc.stderr
     out = lines(proc)
     assert len(out) == 1, out
@@ -29,74 +31,73 @@ def test_one_line_naming_the_key(tmp_path, override, key):
     assert not (tmp_path / "outputs").exists(), "nothing may be written before validation passes"
 
 
-def test_typo_gets_did_you_mean(tmp_path):
-    proc = cli("validate", "stages.prune.rato=0.3", "target=onnxruntme", cwd=tmp_path)
+def test_typo_gets_did_you_mean(tmp_path, cli_inproc):
+    proc = cli_inproc("validate", "stages.prune.rato=0.3", "target=onnxruntme")
     out = lines(proc)
     assert proc.returncode == 2
     assert any("stages.prune.rato" in l and "did you mean 'ratio'" in l for l in out), out
     assert any(l.startswith("error: target") and "did you mean 'onnxruntime'" in l for l in out), out
 
 
-def test_all_problems_reported_at_once(tmp_path):
-    proc = cli("validate", "stages.prune.amount=2", "stages.finetune.epochs=-1", "eval.max_drop=5",
-               "target.precision=fp16", cwd=tmp_path)
+def test_all_problems_reported_at_once(tmp_path, cli_inproc):
+    proc = cli_inproc("validate", "stages.prune.amount=2", "stages.finetune.epochs=-1", "eval.max_drop=5",
+               "target.precision=fp16")
     keys = [l.split(":")[1].strip() for l in lines(proc)]
     assert proc.returncode == 2
     assert keys == ["stages.prune.amount", "stages.finetune.epochs", "target.precision", "eval.max_drop"], keys
 
 
-def test_precision_needs_a_quantize_stage(tmp_path):
-    proc = cli("validate", "pipeline=[prune,finetune]", "target.precision=int8", cwd=tmp_path)
+def test_precision_needs_a_quantize_stage(tmp_path, cli_inproc):
+    proc = cli_inproc("validate", "pipeline=[prune,finetune]", "target.precision=int8")
     assert proc.returncode == 2 and "target.precision" in proc.stderr
 
 
-def test_unknown_recipe_and_missing_file(tmp_path):
-    proc = cli("run", "defualt", cwd=tmp_path)
+def test_unknown_recipe_and_missing_file(tmp_path, cli_inproc):
+    proc = cli_inproc("run", "defualt")
     assert proc.returncode == 2 and "did you mean 'default'" in proc.stderr
-    proc = cli("run", "./nope.yaml", cwd=tmp_path)
+    proc = cli_inproc("run", "./nope.yaml")
     assert proc.returncode == 2 and "recipe file not found" in proc.stderr
 
 
-def test_validate_lists_what_runs_and_what_is_skipped(tmp_path):
-    proc = cli("validate", "pipeline=[quantize]", cwd=tmp_path)
+def test_validate_lists_what_runs_and_what_is_skipped(tmp_path, cli_inproc):
+    proc = cli_inproc("validate", "pipeline=[quantize]")
     assert proc.returncode == 0, proc.stderr
     assert "1. quantize (quantize_int8)" in proc.stdout
     assert "skip    prune" in proc.stdout and "skip    finetune" in proc.stdout
 
 
-def test_add_swap_and_remove_stages(tmp_path):
-    proc = cli("validate", "+stage@stages.ft2=finetune", "pipeline=[prune,ft2,quantize]", "~stage@stages.finetune",
-               cwd=tmp_path)
+def test_add_swap_and_remove_stages(tmp_path, cli_inproc):
+    proc = cli_inproc("validate", "+stage@stages.ft2=finetune", "pipeline=[prune,ft2,quantize]", "~stage@stages.finetune")
     assert proc.returncode == 0, proc.stderr
     assert "2. ft2 (finetune)" in proc.stdout and "finetune (not in pipeline)" not in proc.stdout
     # a swap keeps the recipe's values for the slot: ones the new stage does not take are named
-    proc = cli("validate", "stage@stages.prune=finetune", cwd=tmp_path)
+    proc = cli_inproc("validate", "stage@stages.prune=finetune")
     assert proc.returncode == 2 and proc.stderr.startswith("error: stages.prune.ratio: not a parameter")
 
 
-def test_swap_a_stage(tmp_path):
+def test_swap_a_stage(tmp_path, cli_inproc):
     (tmp_path / "r.yaml").write_text(
         "defaults:\n  - base\n  - model: digits_cnn\n  - data: digits\n  - /stage@stages.a: prune_magnitude\n"
         "  - target: onnxruntime\n  - _self_\npipeline: [a]\n")
-    proc = cli("validate", "./r.yaml", "stage@stages.a=finetune", "stages.a.epochs=1", cwd=tmp_path)
+    proc = cli_inproc("validate", "./r.yaml", "stage@stages.a=finetune", "stages.a.epochs=1")
     assert proc.returncode == 0, proc.stderr
     assert "1. a (finetune)" in proc.stdout
 
 
-def test_user_recipe_file_outside_the_package(tmp_path):
+def test_user_recipe_file_outside_the_package(tmp_path, cli_inproc):
     (tmp_path / "my").mkdir()
     (tmp_path / "my" / "edge.yaml").write_text(
         "defaults:\n  - base\n  - model: digits_cnn\n  - data: digits\n  - /stage@stages.quantize: quantize_int8\n"
         "  - target: onnxruntime\n  - _self_\npipeline: [quantize]\n")
-    proc = cli("validate", "./my/edge.yaml", "stages.quantize.calibrator=minmax", cwd=tmp_path)
+    proc = cli_inproc("validate", "./my/edge.yaml", "stages.quantize.calibrator=minmax")
     assert proc.returncode == 0, proc.stderr
     assert "recipe 'edge'" in proc.stdout
 
 
-def test_unknown_command_and_list(tmp_path):
-    proc = cli("rn", cwd=tmp_path)
+def test_unknown_command_and_list(tmp_path, cli_inproc):
+    proc = cli_inproc("rn")
     assert proc.returncode == 2 and "did you mean 'run'" in proc.stderr
-    proc = cli("ls", "stagse", cwd=tmp_path)
+    proc = cli_inproc("ls", "stagse")
     assert proc.returncode == 2 and "did you mean 'stages'" in proc.stderr
 
 
