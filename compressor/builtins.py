@@ -4,10 +4,10 @@ from __future__ import annotations
 
 def register() -> None:
     from compressor import metrics
-    from compressor.data import digits, images
-    from compressor.models import digits_cnn, torchvision_zoo
+    from compressor.data import digits, images, text
+    from compressor.models import digits_cnn, huggingface, torchvision_zoo
     from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
-    from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8
+    from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8, quantize_qat
     from compressor.stages import prune_layers, prune_nm, sensitivity
     from compressor.targets import onnxruntime
 
@@ -18,14 +18,17 @@ def register() -> None:
     STAGES.add("sensitivity", sensitivity.Sensitivity, sensitivity.SensitivityParams)
     STAGES.add("finetune", finetune.Finetune, finetune.FinetuneParams)
     STAGES.add("quantize_int8", quantize_int8.QuantizeInt8, quantize_int8.QuantizeInt8Params)
+    STAGES.add("quantize_qat", quantize_qat.QuantizeQAT, quantize_qat.QuantizeQATParams)
 
     TARGETS.add("onnxruntime", onnxruntime.OnnxRuntimeTarget, onnxruntime.OnnxRuntimeParams)
 
     MODELS.add("digits_cnn", digits_cnn.build, digits_cnn.DigitsCNNParams)
     MODELS.add("torchvision", torchvision_zoo.build, torchvision_zoo.TorchvisionParams)
+    MODELS.add("huggingface", huggingface.build, huggingface.HuggingFaceParams)
     DATASETS.add("digits", digits.build, digits.DigitsParams)
     DATASETS.add("imagefolder", images.build_imagefolder, images.ImageFolderParams)
     DATASETS.add("synthetic", images.build_synthetic, images.SyntheticParams)
+    DATASETS.add("hf_dataset", text.build, text.HFDatasetParams)
 
     METRICS.add("top1", metrics.top1)
     METRICS.add("top5", metrics.top5)

@@ -41,6 +41,7 @@ class Context:
     progress: Any  # rich Progress shared by the run
     seed: int = 0
     notes: dict[str, Any] = field(default_factory=dict)  # what a stage wants in the report
+    shared: dict[str, Any] = field(default_factory=dict)  # what a stage leaves for later stages; not reset
 
     @property
     def example_input(self) -> torch.Tensor:

@@ -24,7 +24,7 @@ class QuantWrapper(nn.Module):
     def __init__(self, inner: nn.Module, weight_bits: int = 8):
         super().__init__()
         self.inner = inner
-        self.weight_bits = weight_bits  # 7 = reduce_range (see `needs_reduce_range`)
+        self.weight_bits = weight_bits  # 7 = reduce_range (see `needs_reduce_range`); 2..8 allowed
         out = inner.weight.shape[0]
         self.register_buffer("act_scale", torch.ones(()))
         self.register_buffer("act_zero_point", torch.zeros((), dtype=torch.int32))
@@ -35,6 +35,7 @@ class QuantWrapper(nn.Module):
     def qmax(self) -> int:
         return 2 ** (self.weight_bits - 1) - 1
 
+    @torch.no_grad()
     def set_weight_scale(self) -> None:
         w = self.inner.weight.detach().flatten(1).abs().amax(1)
         self.weight_scale.copy_((w / self.qmax).clamp_min(1e-12))
@@ -51,14 +52,44 @@ class QuantWrapper(nn.Module):
         zp = torch.zeros_like(self.weight_scale, dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(self.inner.weight, self.weight_scale, zp, 0, -128, 127)
 
+    # --- quantization-aware training -------------------------------------------------
+    # Plain QAT: the fake-quant ops pass gradients straight through (inside the range) and the
+    # weight scale follows the weights. LSQ (Esser et al. 2020): the scales are learned too,
+    # through torch's learnable fake-quant kernels. `freeze` turns learned scales back into
+    # the buffers that export and checkpoints read.
+
+    def enable_lsq(self) -> None:
+        self.act_scale_p = nn.Parameter(self.act_scale.reshape(1).clone())
+        self.weight_scale_p = nn.Parameter(self.weight_scale.clone())
+
+    def freeze(self) -> None:
+        if hasattr(self, "act_scale_p"):
+            with torch.no_grad():
+                self.act_scale.copy_(self.act_scale_p.detach().abs().reshape(()).clamp_min(1e-12))
+                self.weight_scale.copy_(self.weight_scale_p.detach().abs().clamp_min(1e-12))
+            del self.act_scale_p, self.weight_scale_p
+
+    def _lsq(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zp = self.act_zero_point.float().reshape(1)
+        g_act = 1.0 / (x[0].numel() * 255) ** 0.5
+        x = torch._fake_quantize_learnable_per_tensor_affine(x, self.act_scale_p, zp, 0, 255, g_act)
+        w = self.inner.weight
+        g_w = 1.0 / (w[0].numel() * self.qmax) ** 0.5
+        w = torch._fake_quantize_learnable_per_channel_affine(
+            w, self.weight_scale_p, torch.zeros_like(self.weight_scale_p), 0, -self.qmax, self.qmax, g_w)
+        return x, w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer.observe(x)
             return self.inner(x)
-        x = torch.fake_quantize_per_tensor_affine(
-            x, float(self.act_scale), int(self.act_zero_point), 0, 255
-        )
-        w = self.quantized_weight()
+        if hasattr(self, "act_scale_p"):
+            x, w = self._lsq(x)
+        else:
+            if self.training:
+                self.set_weight_scale()
+            x = torch.fake_quantize_per_tensor_affine(x, float(self.act_scale), int(self.act_zero_point), 0, 255)
+            w = self.quantized_weight()
         if isinstance(self.inner, nn.Linear):
             return F.linear(x, w, self.inner.bias)
         return self.inner._conv_forward(x, w, self.inner.bias)
@@ -76,26 +107,90 @@ class MinMaxObserver:
         return self.lo, self.hi
 
 
-class PercentileObserver:
-    """Clips outliers: the range covers `percentile` % of the values seen."""
+class SampleObserver:
+    """Keeps a bounded, fixed-seed sample of the values seen (plus the true min/max); the
+    calibrators below choose a clipping range from it."""
 
     def __init__(self, percentile: float = 99.99, max_samples: int = 1 << 20):
         self.percentile, self.max_samples, self.samples = percentile, max_samples, []
+        self.minmax = MinMaxObserver()
 
     def observe(self, x: torch.Tensor) -> None:
+        self.minmax.observe(x)
         flat = x.detach().flatten().float()
-        if flat.numel() > 65536:  # a fixed-seed subsample keeps memory bounded and runs repeatable
+        if flat.numel() > 65536:
             g = torch.Generator().manual_seed(len(self.samples))
             flat = flat[torch.randint(flat.numel(), (65536,), generator=g)]
         self.samples.append(flat)
 
+    def values(self) -> torch.Tensor:
+        return torch.cat(self.samples)[: self.max_samples]
+
+
+class PercentileObserver(SampleObserver):
+    """Clips outliers: the range covers `percentile` % of the values seen."""
+
     def range(self) -> tuple[float, float]:
-        v = torch.cat(self.samples)[: self.max_samples]
-        q = self.percentile / 100.0
+        v, q = self.values(), self.percentile / 100.0
         return float(torch.quantile(v, 1 - q)), float(torch.quantile(v, q))
 
 
-OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver}
+def _uint8_error(v: torch.Tensor, lo: float, hi: float) -> float:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / 255.0, 1e-12)
+    zp = int(min(255, max(0, round(-lo / scale))))
+    return float((torch.fake_quantize_per_tensor_affine(v, scale, zp, 0, 255) - v).pow(2).mean())
+
+
+class MSEObserver(SampleObserver):
+    """The clipping range (a fraction of min/max) with the least quantization error."""
+
+    def range(self) -> tuple[float, float]:
+        v = self.values()
+        lo, hi = self.minmax.range()
+        best = min(torch.linspace(0.2, 1.0, 41).tolist(), key=lambda c: _uint8_error(v, lo * c, hi * c))
+        return lo * best, hi * best
+
+
+class EntropyObserver(SampleObserver):
+    """TensorRT's KL-divergence calibration: the threshold whose 128-level quantized histogram
+    of |x| stays closest (in KL) to the original one."""
+
+    bins, levels = 2048, 128
+
+    def range(self) -> tuple[float, float]:
+        lo, hi = self.minmax.range()
+        v = self.values().abs()
+        top = float(v.max())
+        if top == 0:
+            return lo, hi
+        hist = torch.histc(v, bins=self.bins, min=0, max=top).double()
+        best_i, best_kl = self.bins, float("inf")
+        for i in range(self.levels, self.bins + 1, 16):
+            p = hist[:i].clone()
+            p[-1] += hist[i:].sum()  # the reference: outliers clipped into the last bin
+            # the candidate: the same bins (without the clipped mass) merged into 128 levels, each
+            # level's mass spread evenly over the bins that were non-empty
+            level = torch.arange(i) * self.levels // i
+            h = hist[:i]
+            mass = torch.zeros(self.levels, dtype=h.dtype).index_add_(0, level, h)
+            used = torch.zeros(self.levels, dtype=h.dtype).index_add_(0, level, (h > 0).to(h.dtype))
+            q = torch.where(h > 0, mass[level] / used[level].clamp_min(1), torch.zeros_like(h))
+            kl = _kl(p, q)
+            if kl < best_kl:
+                best_i, best_kl = i, kl
+        t = top * best_i / self.bins
+        return max(lo, -t), min(hi, t)
+
+
+def _kl(p: torch.Tensor, q: torch.Tensor) -> float:
+    p, q = p / p.sum(), q / q.sum().clamp_min(1e-12)
+    mask = p > 0
+    return float((p[mask] * (p[mask] / q[mask].clamp_min(1e-12)).log()).sum())
+
+
+OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": MSEObserver,
+             "entropy": EntropyObserver}
 
 
 def needs_reduce_range() -> bool:

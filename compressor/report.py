@@ -131,6 +131,54 @@ def plot_steps(report: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def sensitivity_section(report: dict[str, Any], out_dir: Path) -> str:
+    """Markdown for each stage whose notes hold a sensitivity scan ({layer: {ratio: metric}}):
+    a table, and a plot of metric vs. ratio (one line per layer) written beside report.md."""
+    text = ""
+    scans = [s for s in report.get("stages", []) if (s.get("notes") or {}).get("sensitivity")]
+    for i, stage in enumerate(scans):
+        notes = stage["notes"]
+        scan = {layer: {float(r): v for r, v in row.items()} for layer, row in notes["sensitivity"].items()}
+        ratios = sorted({r for row in scan.values() for r in row})
+        chosen = notes.get("layer_ratios") or {}
+        lines = ["", f"## Sensitivity ({stage['name']}): {_metric_title(report)} when one layer loses a fraction "
+                     "of its channels", "", "| layer | " + " | ".join(f"{r:g}" for r in ratios)
+                 + (" | chosen ratio |" if chosen else " |"), "|" + "---|" * (len(ratios) + 1 + bool(chosen))]
+        for layer, row in scan.items():
+            cells = [f"{row[r]:.4f}" if row.get(r) is not None else "-" for r in ratios]
+            lines.append(f"| {layer} | " + " | ".join(cells) + (f" | {chosen.get(layer, '-')} |" if chosen else " |"))
+        if "baseline" in notes:
+            lines.append(f"\nUnpruned: {notes['baseline']:.4f}."
+                         + (f" Chosen ratios remove {notes['macs_reduction']:.1%} of the MACs." if "macs_reduction" in notes else ""))
+        name = "sensitivity.png" if i == 0 else f"sensitivity_{stage['name']}.png"
+        _plot_sensitivity(scan, notes.get("baseline"), _metric_title(report), out_dir / name)
+        lines += ["", f"![{_metric_title(report)} vs. pruning ratio per layer]({name})"]
+        text += "\n".join(lines) + "\n"
+    return text
+
+
+def _plot_sensitivity(scan: dict[str, dict[float, float]], baseline: float | None, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for layer, row in scan.items():
+        points = sorted((r, v) for r, v in row.items() if v is not None)
+        if baseline is not None:
+            points.insert(0, (0.0, baseline))
+        ax.plot([r for r, _ in points], [v for _, v in points], marker="o", label=layer)
+    ax.set_xlabel("fraction of the layer's output channels removed")
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7, ncol=2 if len(scan) > 8 else 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def git_sha() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -171,6 +219,7 @@ def write_outputs(report: dict[str, Any], plan, out_dir: Path, console: Console)
     out_dir.mkdir(parents=True, exist_ok=True)
     has_plot = plot_steps(report, out_dir / "report.png")
     write_json(out_dir / "report.json", report)
-    write_text(out_dir / "report.md", markdown(report, "report.png" if has_plot else None))
+    write_text(out_dir / "report.md", markdown(report, "report.png" if has_plot else None)
+               + sensitivity_section(report, out_dir))
     write_json(out_dir / "manifest.json", manifest(out_dir, plan.seed))
     print_table(report, console)

@@ -14,6 +14,7 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.interfaces import Context
+from compressor.models import huggingface
 from compressor.params import one_of
 from compressor.training import fit
 
@@ -34,6 +35,7 @@ class PruneStructuredParams:
     finetune_epochs: int = 0  # epochs of fine-tuning after each step
     lr: float = 1e-3
     taylor_batches: int = 4  # batches of training data for Taylor importance gradients
+    ratios_from_sensitivity: bool = False  # per-layer ratios chosen by an earlier `sensitivity` stage
 
     def check(self):
         if not 0 <= self.ratio < 1:
@@ -103,12 +105,20 @@ class PruneStructured:
         names = dict((m, n) for n, m in model.named_modules())
         by_name = dict(model.named_modules())
         ignored = classifier_heads(model, ctx.data.num_classes)
+        # BERT-like transformers: remove whole heads and MLP neurons, keep the residual width
+        hf_heads, residual_writers = huggingface.pruning_setup(model)
+        ignored += residual_writers
         for pattern in p.ignore:
             ignored += [by_name[n] for n in _match(list(by_name), pattern, "ignore")]
         ratio_dict = {}
         for pattern, r in p.layer_ratios.items():
             for n in _match(list(by_name), pattern, f"layer_ratios.{pattern}"):
                 ratio_dict[by_name[n]] = float(r)
+        if p.ratios_from_sensitivity:  # exact layer names, left in ctx.shared by the sensitivity stage
+            if "layer_ratios" not in ctx.shared:
+                raise UserError("no sensitivity stage with target_macs_reduction ran before this one",
+                                key="ratios_from_sensitivity")
+            ratio_dict.update({by_name[n]: float(r) for n, r in ctx.shared["layer_ratios"].items() if n in by_name})
         example = ctx.example_input
         before = {n: _width(m) for n, m in model.named_modules() if _width(m)}
         macs_before, params_before = tp.utils.count_ops_and_params(model, example)
@@ -118,7 +128,9 @@ class PruneStructured:
                 pruning_ratio_dict=ratio_dict or None, global_pruning=p.global_pruning,
                 max_pruning_ratio=p.max_layer_ratio, iterative_steps=p.steps,
                 iterative_pruning_ratio_scheduler=cubic_schedule, ignored_layers=ignored,
-                round_to=p.round_to, num_heads=attention_heads(model),
+                round_to=p.round_to, num_heads={**attention_heads(model), **hf_heads},
+                prune_num_heads=bool(hf_heads), prune_head_dims=not hf_heads,
+                head_pruning_ratio=p.ratio if hf_heads else 0.0,
             )
             for step in range(p.steps):
                 if p.importance == "taylor":
@@ -135,6 +147,8 @@ class PruneStructured:
             raise UserError(f"the model cannot be pruned structurally: {type(e).__name__}: "
                             f"{(str(e).splitlines() or [''])[0][:200]}", key="") from e
         _sync_attention(model)
+        if hf_heads:
+            ctx.notes["attention_heads"] = huggingface.after_pruning(model, pruner.num_heads)
         macs_after, params_after = tp.utils.count_ops_and_params(model, example)
         changed = {n: f"{before[n]}->{_width(m)}" for n, m in model.named_modules()
                    if n in before and _width(m) != before[n]}

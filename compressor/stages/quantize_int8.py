@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.fx
@@ -20,11 +21,15 @@ from compressor.quant import OBSERVERS, QUANTIZABLE, QuantWrapper, needs_reduce_
 @dataclass
 class QuantizeInt8Params:
     calibration_batches: int = 8
-    calibrator: str = "percentile"  # minmax | percentile
+    calibrator: str = "percentile"  # minmax | percentile | mse | entropy (KL, as TensorRT)
     percentile: float = 99.99
+    weight_bits: int = 8  # 2..8; fewer bits store as int8 values in a narrower range
     reduce_range: str = "auto"  # auto: 7-bit weights on x86 without VNNI; "true" | "false"
     fold_bn: bool = True
     exclude: list[str] = field(default_factory=list)  # module-name patterns kept in float
+    # Accuracy-aware mixed precision: if the metric drops more than this (absolute, vs the
+    # model before the pipeline), the most sensitive layers go back to float until it holds.
+    max_drop: Optional[float] = None
 
     def check(self):
         if self.calibration_batches < 1:
@@ -33,6 +38,10 @@ class QuantizeInt8Params:
         yield from one_of(self.reduce_range, ("auto", "true", "false"), "reduce_range")
         if not 50 < self.percentile <= 100:
             yield "percentile", f"must be in (50, 100], got {self.percentile}"
+        if not 2 <= self.weight_bits <= 8:
+            yield "weight_bits", f"must be in [2, 8], got {self.weight_bits}"
+        if self.max_drop is not None and not 0 <= self.max_drop <= 1:
+            yield "max_drop", f"must be in [0, 1], got {self.max_drop}"
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -77,7 +86,7 @@ class QuantizeInt8:
         for name in names:
             if any(fnmatch.fnmatch(name, pat) for pat in p.exclude):
                 continue
-            w = QuantWrapper(model.get_submodule(name), weight_bits=7 if reduce else 8)
+            w = QuantWrapper(model.get_submodule(name), weight_bits=min(p.weight_bits, 7 if reduce else 8))
             w.observer = OBSERVERS[p.calibrator]() if p.calibrator == "minmax" else OBSERVERS[p.calibrator](p.percentile)
             model.set_submodule(name, w)
             wrappers.append(w)
@@ -94,8 +103,34 @@ class QuantizeInt8:
             w.set_act_range(*w.observer.range())
             w.set_weight_scale()
             w.observer = None
-        ctx.notes.update(quantized_layers=len(wrappers), float_layers=[n for n in names if not
+        if p.max_drop is not None:
+            ctx.notes["sensitivity_by_layer"] = mixed_precision(model, ctx, p.max_drop)
+        ctx.notes.update(quantized_layers=sum(isinstance(m, QuantWrapper) for m in model.modules()), float_layers=[n for n in names if not
                          isinstance(model.get_submodule(n), QuantWrapper)], folded_batchnorms=folded,
                          calibration_samples=seen, reduce_range=reduce,
                          reduce_range_reason="x86 without VNNI: u8s8 saturates int16" if reduce else "not needed")
         return model
+
+
+def mixed_precision(model: nn.Module, ctx: Context, max_drop: float) -> dict[str, float]:
+    """Put layers back in float, most sensitive first, until the metric drop is within budget.
+    Sensitivity of a layer: how much of the metric comes back when only it is left in float."""
+    def score(m: nn.Module) -> float:
+        return next(iter(ctx.evaluate(m).values()))
+
+    reference = score(ctx.teacher)
+    current = score(model)
+    if reference - current <= max_drop:
+        return {}
+    gains = {}
+    for name, m in list(model.named_modules()):
+        if isinstance(m, QuantWrapper):
+            model.set_submodule(name, m.inner)
+            gains[name] = round(score(model) - current, 6)
+            model.set_submodule(name, m)
+    for name in sorted(gains, key=gains.get, reverse=True):
+        if reference - current <= max_drop:
+            break
+        model.set_submodule(name, model.get_submodule(name).inner)
+        current = score(model)
+    return gains

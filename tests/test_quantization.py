@@ -1,0 +1,89 @@
+"""Quantization stages on the digits model: calibrators, low-bit QAT against PTQ, mixed precision."""
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from compressor.data.digits import DigitsParams, build as build_digits
+from compressor.interfaces import Context
+from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
+from compressor.quant import OBSERVERS, EntropyObserver, MinMaxObserver, MSEObserver, QuantWrapper
+from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params
+from compressor.stages.quantize_qat import QuantizeQAT, QuantizeQATParams
+from compressor.training import accuracy
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_digits(DigitsParams())
+
+
+def context(data):
+    return Context(data=data, device=torch.device("cpu"), teacher=build_cnn(DigitsCNNParams()),
+                   evaluate=lambda m: {"top1": accuracy(m, data.val)}, log=logging.getLogger("t"), progress=None)
+
+
+def run(stage_cls, params, data):
+    torch.manual_seed(0)
+    model, ctx = build_cnn(DigitsCNNParams()), context(data)
+    stage = stage_cls()
+    stage.params = params
+    return stage.apply(model, ctx), ctx
+
+
+@pytest.mark.parametrize("calibrator", sorted(OBSERVERS))
+def test_every_calibrator_within_half_a_point(data, calibrator):
+    base = accuracy(build_cnn(DigitsCNNParams()), data.val)
+    model, _ = run(QuantizeInt8, QuantizeInt8Params(calibrator=calibrator), data)
+    assert accuracy(model, data.val) >= base - 0.005
+
+
+def test_entropy_and_mse_clip_outliers():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(100_000).abs(), torch.tensor([80.0])])  # one far outlier
+    ranges = {}
+    for name, obs in (("minmax", MinMaxObserver()), ("entropy", EntropyObserver()), ("mse", MSEObserver())):
+        obs.observe(x)
+        ranges[name] = obs.range()
+    assert ranges["minmax"][1] == pytest.approx(80.0)
+    assert ranges["entropy"][1] < 20 and ranges["mse"][1] < 40  # clipped well below the outlier
+
+
+def test_qat_recovers_what_low_bit_ptq_loses(data):
+    base = accuracy(build_cnn(DigitsCNNParams()), data.val)
+    # 2-bit weights: post-training quantization loses points, training through it wins them back
+    model, ctx = run(QuantizeQAT, QuantizeQATParams(weight_bits=2, learn_scales=False, epochs=3, lr=5e-4), data)
+    ptq, qat = ctx.notes["ptq_metric"]["top1"], accuracy(model, data.val)
+    assert ptq < base - 0.03
+    assert abs(base - qat) < abs(base - ptq) and qat >= base - 0.01
+
+
+def test_lsq_learns_scales_and_freezes_them(data):
+    model, ctx = run(QuantizeQAT, QuantizeQATParams(weight_bits=2, learn_scales=True, epochs=2, lr=5e-4), data)
+    wrappers = [m for m in model.modules() if isinstance(m, QuantWrapper)]
+    assert wrappers and not any(hasattr(w, "act_scale_p") for w in wrappers)  # frozen into buffers
+    assert accuracy(model, data.val) > ctx.notes["ptq_metric"]["top1"]
+
+
+def test_mixed_precision_keeps_sensitive_layers_float(data):
+    base = accuracy(build_cnn(DigitsCNNParams()), data.val)
+    model, ctx = run(QuantizeInt8, QuantizeInt8Params(weight_bits=2, max_drop=0.01), data)
+    assert base - accuracy(model, data.val) <= 0.01
+    assert ctx.notes["float_layers"], "some layers had to stay in float"
+    assert set(ctx.notes["sensitivity_by_layer"]) == {"0", "3", "7", "12", "15"}
+    for name in ctx.notes["float_layers"]:
+        assert not isinstance(model.get_submodule(name), QuantWrapper)
+
+
+def test_qat_model_exports_with_integer_kernels(tmp_path, data):
+    from compressor.targets.onnx_export import export_onnx
+    from compressor.targets.onnxruntime import OrtEngine
+
+    model, _ = run(QuantizeQAT, QuantizeQATParams(epochs=1), data)
+    engine = OrtEngine(export_onnx(model, data.example_input(), tmp_path / "m.onnx"), precision="int8")
+    assert engine.kernels().get("QLinearConv") == 3
+    x, _ = next(iter(data.val))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert (engine(x.numpy()).argmax(1) == ref.argmax(1)).mean() >= 0.97
