@@ -8,6 +8,7 @@ def register() -> None:
     from compressor.models import digits_cnn, huggingface, torchvision_zoo
     from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
     from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8, quantize_qat
+    from compressor.stages import quantize_dynamic, quantize_float
     from compressor.stages import prune_layers, prune_nm, sensitivity
     from compressor.targets import onnxruntime
 
@@ -19,6 +20,9 @@ def register() -> None:
     STAGES.add("finetune", finetune.Finetune, finetune.FinetuneParams)
     STAGES.add("quantize_int8", quantize_int8.QuantizeInt8, quantize_int8.QuantizeInt8Params)
     STAGES.add("quantize_qat", quantize_qat.QuantizeQAT, quantize_qat.QuantizeQATParams)
+    STAGES.add("quantize_dynamic", quantize_dynamic.QuantizeDynamic, quantize_dynamic.QuantizeDynamicParams)
+    STAGES.add("quantize_fp16", quantize_float.QuantizeFP16, quantize_float.QuantizeFloatParams)
+    STAGES.add("quantize_bf16", quantize_float.QuantizeBF16, quantize_float.QuantizeFloatParams)
 
     TARGETS.add("onnxruntime", onnxruntime.OnnxRuntimeTarget, onnxruntime.OnnxRuntimeParams)
 
@@ -30,5 +34,6 @@ def register() -> None:
     DATASETS.add("synthetic", images.build_synthetic, images.SyntheticParams)
     DATASETS.add("hf_dataset", text.build, text.HFDatasetParams)
 
-    METRICS.add("top1", metrics.top1)
-    METRICS.add("top5", metrics.top5)
+    for fn in (metrics.top1, metrics.top5, metrics.agreement, metrics.fidelity, metrics.neighbour_agreement,
+               metrics.output_mse):
+        METRICS.add(fn.__name__, fn)

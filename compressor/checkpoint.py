@@ -20,7 +20,7 @@ from torch import nn
 
 from compressor.atomic import atomic_path
 from compressor.errors import UserError
-from compressor.quant import QuantWrapper
+from compressor.quant import QuantWrapper, float_dtype
 
 FORMAT = "compressor-checkpoint/1"
 
@@ -42,7 +42,7 @@ MODULE_TYPES: dict[str, tuple[type, list[str]]] = {
 
 def module_spec(m: nn.Module) -> dict[str, Any] | None:
     if isinstance(m, QuantWrapper):
-        return {"type": "QuantWrapper", "weight_bits": m.weight_bits, "inner": module_spec(m.inner)}
+        return {"type": "QuantWrapper", "weight_bits": m.weight_bits, "dynamic": m.dynamic, "inner": module_spec(m.inner)}
     name = type(m).__name__
     if name not in MODULE_TYPES or type(m) is not MODULE_TYPES[name][0]:
         return None
@@ -58,7 +58,8 @@ def module_spec(m: nn.Module) -> dict[str, Any] | None:
 def build_module(spec: dict[str, Any]) -> nn.Module:
     kind = spec.get("type")
     if kind == "QuantWrapper":
-        return QuantWrapper(build_module(spec["inner"]), weight_bits=int(spec["weight_bits"]))
+        return QuantWrapper(build_module(spec["inner"]), weight_bits=int(spec["weight_bits"]),
+                            dynamic=bool(spec.get("dynamic", False)))
     if kind not in MODULE_TYPES:
         raise UserError(f"checkpoint names unknown layer type {kind!r}", key="checkpoint")
     cls, attrs = MODULE_TYPES[kind]
@@ -82,6 +83,7 @@ def layer_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 SCALARS = (bool, int, float)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def layer_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -114,6 +116,7 @@ def save_checkpoint(model: nn.Module, path: Path, model_cfg: dict[str, Any], ext
         "model": json.dumps(model_cfg),
         "layers": json.dumps(layer_specs(model)),
         "attrs": json.dumps(layer_attrs(model)),
+        "dtype": str(float_dtype(model)).replace("torch.", ""),
         "extra": json.dumps(extra or {}),
     }
     with atomic_path(path) as tmp:
@@ -129,7 +132,9 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable safetensors file ({e})", key="checkpoint") from e
     if meta.get("format") != FORMAT:
         raise UserError(f"{path} has no compressor architecture metadata", key="checkpoint")
-    return {k: json.loads(meta.get(k, "{}")) for k in ("model", "layers", "attrs", "extra")}
+    out = {k: json.loads(meta.get(k, "{}")) for k in ("model", "layers", "attrs", "extra")}
+    out["dtype"] = meta.get("dtype", "float32")
+    return out
 
 
 def apply_layer_specs(model: nn.Module, specs: dict[str, dict[str, Any]]) -> nn.Module:
@@ -150,6 +155,8 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     model = build_model(meta["model"], load_weights=False)
     apply_layer_specs(model, meta["layers"])
     apply_layer_attrs(model, meta["attrs"])
+    if meta["dtype"] in DTYPES:  # after an fp16/bf16 stage
+        model.to(DTYPES[meta["dtype"]])
     tensors = {}
     with safe_open(str(path), framework="pt") as f:
         for k in f.keys():

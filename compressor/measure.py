@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from compressor.quant import QuantWrapper
+from compressor.quant import QuantWrapper, as_input
 from compressor.registry import METRICS
 
 
@@ -22,7 +22,7 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass at batch 1 (torch's own FLOP counter / 2)."""
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model.eval()(example[:1])
+        model.eval()(as_input(model, example[:1]))
     return int(counter.get_total_flops() // 2)
 
 
@@ -63,6 +63,7 @@ def latency(fn: Callable[[], object], warmup: int = 10, iters: int = 50) -> dict
 
 def torch_latency(model: nn.Module, example: torch.Tensor, warmup: int, iters: int) -> dict[str, float]:
     model.eval()
+    example = as_input(model, example)
     with torch.inference_mode():
         return latency(lambda: model(example), warmup, iters)
 
@@ -72,7 +73,7 @@ def predict_torch(model: nn.Module, device: torch.device) -> Callable[[torch.Ten
 
     def run(x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return model(x.to(device)).float().cpu().numpy()
+            return model(as_input(model, x.to(device))).float().cpu().numpy()
 
     return run
 
@@ -85,6 +86,15 @@ def collect(predict: Callable[[torch.Tensor], np.ndarray], loader: DataLoader) -
     return np.concatenate(outs), np.concatenate(labels)
 
 
-def evaluate(predict, loader: DataLoader, metric_names: list[str]) -> dict[str, float]:
+def evaluate(predict, loader: DataLoader, metric_names: list[str], reference: np.ndarray | None = None,
+             labelled: bool = True) -> dict[str, float]:
+    """The named metrics that can be measured here: label metrics need labelled data,
+    fidelity metrics the uncompressed model's outputs (`reference`)."""
     outputs, labels = collect(predict, loader)
-    return {name: METRICS.get(name, key="eval.metric").obj(outputs, labels) for name in metric_names}
+    have = {"labels": labelled, "reference": reference is not None}
+    result = {}
+    for name in metric_names:
+        fn = METRICS.get(name, key="eval.metric").obj
+        if have.get(getattr(fn, "needs", "labels"), True):
+            result[name] = float(fn(outputs, labels, reference))
+    return result

@@ -21,10 +21,11 @@ QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 class QuantWrapper(nn.Module):
     """Fake-quantizes the input activation and the weight of one Conv/Linear."""
 
-    def __init__(self, inner: nn.Module, weight_bits: int = 8):
+    def __init__(self, inner: nn.Module, weight_bits: int = 8, dynamic: bool = False):
         super().__init__()
         self.inner = inner
         self.weight_bits = weight_bits  # 7 = reduce_range (see `needs_reduce_range`); 2..8 allowed
+        self.dynamic = dynamic  # activation range measured on each input, as ONNX Runtime's dynamic INT8 does
         out = inner.weight.shape[0]
         self.register_buffer("act_scale", torch.ones(()))
         self.register_buffer("act_zero_point", torch.zeros((), dtype=torch.int32))
@@ -85,6 +86,11 @@ class QuantWrapper(nn.Module):
             return self.inner(x)
         if hasattr(self, "act_scale_p"):
             x, w = self._lsq(x)
+        elif self.dynamic:
+            with torch.no_grad():
+                self.set_act_range(float(x.min()), float(x.max()))
+            x = torch.fake_quantize_per_tensor_affine(x, float(self.act_scale), int(self.act_zero_point), 0, 255)
+            w = self.quantized_weight()
         else:
             if self.training:
                 self.set_weight_scale()
@@ -208,3 +214,17 @@ def needs_reduce_range() -> bool:
 
 def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, QuantWrapper) for m in model.modules())
+
+
+def is_dynamic(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantWrapper) and m.dynamic for m in model.modules())
+
+
+def float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's floating weights (float16 after an fp16 stage, ...)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Float inputs in the model's float dtype; token ids and other integers unchanged."""
+    return x.to(float_dtype(model)) if x.is_floating_point() else x

@@ -25,6 +25,7 @@ from compressor.errors import UserError
 from compressor.interfaces import Context, DataSplits
 from compressor.models import build_model
 from compressor.plan import Plan
+from compressor.registry import METRICS
 from compressor.report import write_outputs
 
 log = logging.getLogger("compressor")
@@ -41,13 +42,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def snapshot(model: nn.Module, data: DataSplits, plan: Plan, device: torch.device) -> dict[str, Any]:
+def snapshot(model: nn.Module, data: DataSplits, plan: Plan, device: torch.device, score) -> dict[str, Any]:
     """Metric, parameters, MACs, size and PyTorch latency of a model, as the report shows them."""
     model.eval().to(device)
     example = data.example_input(1).to(device)
-    metrics = [plan.eval.metric] + list(plan.eval.extra_metrics)
     return {
-        "metric": measure.evaluate(measure.predict_torch(model, device), data.val, metrics) if data.labelled else {},
+        "metric": score(measure.predict_torch(model, device)),
         "params": measure.count_params(model),
         "macs": measure.count_macs(model, example),
         "size_bytes": measure.weight_bytes(model),
@@ -70,7 +70,7 @@ def parity(engine, model: nn.Module, data: DataSplits, precision: str, samples: 
     agreement = float((out.argmax(-1) == ref.argmax(-1)).mean()) if out.ndim > 1 and finite else None
     result = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "agreement": agreement,
               "samples": int(len(x)), "finite": finite}
-    if precision == "int8":
+    if precision.startswith("int8"):
         result["min_agreement"] = INT8_MIN_AGREEMENT
         result["passed"] = finite and (agreement is None or agreement >= INT8_MIN_AGREEMENT)
     else:
@@ -80,19 +80,14 @@ def parity(engine, model: nn.Module, data: DataSplits, precision: str, samples: 
     return result
 
 
-def engine_metrics(engine, data: DataSplits, plan: Plan) -> dict[str, float]:
-    if not data.labelled:
-        return {}
-    predict = lambda x: np.asarray(engine(x.numpy()))  # noqa: E731
-    return measure.evaluate(predict, data.val, [plan.eval.metric] + list(plan.eval.extra_metrics))
-
-
 def gates(report: dict[str, Any], plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {}
     base, eng = report["baseline"], report["engine"]
     name = plan.eval.metric
     if plan.eval.max_drop is not None and name in base["metric"] and name in eng["metric"]:
         drop = base["metric"][name] - eng["metric"][name]
+        if getattr(METRICS.get(name).obj, "lower_is_better", False):
+            drop = -drop
         out["max_drop"] = {"limit": plan.eval.max_drop, "value": round(drop, 6), "passed": drop <= plan.eval.max_drop + 1e-9}
     if plan.eval.min_speedup is not None:
         speedup = base["latency_ms"]["p50"] / max(eng["latency_ms"]["p50"], 1e-9)
@@ -124,17 +119,22 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
             model = build_model(plan.model).to(device)
             _check_fits(model, data, device)
             if not data.labelled:
-                report["metric_unavailable"] = "the data has no labels (synthetic): no metric is measured"
+                report["metric_unavailable"] = "the data has no labels (synthetic): only fidelity metrics are measured"
             progress.update(overall, description="baseline")
-            report["baseline"] = snapshot(model, data, plan, device)
+            metric_names = [plan.eval.metric] + list(plan.eval.extra_metrics)
+            reference = measure.collect(measure.predict_torch(model, device), data.val)[0]
+
+            def score(predict) -> dict[str, float]:
+                return measure.evaluate(predict, data.val, metric_names, reference, data.labelled)
+
+            report["baseline"] = snapshot(model, data, plan, device, score)
             report["baseline"]["size_bytes"] = len(safetensors_bytes(
                 {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
             log.info("baseline: %s", _brief(report["baseline"], plan))
             progress.advance(overall)
             teacher = copy.deepcopy(model).eval().requires_grad_(False)
-            metric_names = [plan.eval.metric] + list(plan.eval.extra_metrics)
             ctx = Context(data=data, device=device, teacher=teacher, log=log, progress=progress, seed=plan.seed,
-                          evaluate=lambda m: measure.evaluate(measure.predict_torch(m, device), data.val, metric_names))
+                          evaluate=lambda m: score(measure.predict_torch(m, device)))
             for i, step in enumerate(plan.steps, 1):
                 progress.update(overall, description=f"stage {step.slot} ({step.kind})")
                 ctx.notes = {}
@@ -147,7 +147,7 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
                     raise
                 seconds = time.perf_counter() - t
                 entry = {"name": step.slot, "kind": step.kind, "seconds": round(seconds, 3),
-                         **snapshot(model, data, plan, device), "notes": ctx.notes}
+                         **snapshot(model, data, plan, device, score), "notes": ctx.notes}
                 ckpt = out_dir / "checkpoints" / f"{i}_{step.slot}" / "model.safetensors"
                 save_checkpoint(model, ckpt, plan.model, extra={"stage": step.slot, "kind": step.kind})
                 entry["checkpoint"] = str(ckpt.relative_to(out_dir))
@@ -169,7 +169,7 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
                 "path": str(Path(engine.path).relative_to(out_dir)),
                 "provider": engine.provider,
                 "size_bytes": sum(p.stat().st_size for p in files),
-                "metric": engine_metrics(engine, data, plan),
+                "metric": score(lambda x: np.asarray(engine(x.numpy()), dtype=np.float32)),
                 "parity": parity(engine, model, data, engine.precision, plan.eval.parity_samples, torch.device("cpu")),
                 "latency_ms": measure.latency(lambda: engine(example), plan.eval.warmup, plan.eval.iters),
                 "batch_size": 1,

@@ -87,3 +87,22 @@ def test_qat_model_exports_with_integer_kernels(tmp_path, data):
     with torch.no_grad():
         ref = model(x).numpy()
     assert (engine(x.numpy()).argmax(1) == ref.argmax(1)).mean() >= 0.97
+
+
+def test_dynamic_and_fp16_engines(tmp_path, cli_inproc):
+    import json
+
+    import compressor
+
+    report, engine = compressor.compress("default", ["+stage@stages.q2=quantize_dynamic", "pipeline=[q2]",
+                                                     "eval.iters=5", "eval.extra_metrics=[agreement,fidelity]"])
+    kernels = report["engine"]["notes"]["kernels"]
+    assert report["engine"]["precision"] == "int8_dynamic" and kernels.get("DynamicQuantizeMatMul") == 2
+    assert "ConvInteger" not in kernels  # only what the stage quantized (Linear layers)
+    assert report["engine"]["metric"]["agreement"] >= 0.98 and report["status"] == "ok"
+    report, engine = compressor.compress("default", ["+stage@stages.h=quantize_fp16", "pipeline=[h]", "eval.iters=5"])
+    assert report["engine"]["precision"] == "fp16" and report["engine"]["parity"]["passed"]
+    assert report["engine"]["size_bytes"] < 0.55 * report["baseline"]["size_bytes"]
+    # bf16 has no ONNX Conv: refused at validation, naming the key
+    proc = cli_inproc("validate", "+stage@stages.b=quantize_bf16", "pipeline=[b]")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: target.precision")

@@ -40,16 +40,16 @@ def test_prune_heads_and_neurons_then_reload(tmp_path):
         assert torch.allclose(back(x), out, atol=1e-5)
 
 
-def test_bert_recipe_prune_finetune_int8_engine(tmp_path):
+def test_bert_recipe_prune_heads_quantize_dynamically(tmp_path):
     folder = make_tiny_bert(tmp_path / "bert")
     csv = make_sentiment_csv(tmp_path / "d.csv")
     (tmp_path / "bert.yaml").write_text(
         "defaults:\n  - base\n  - model: huggingface\n  - data: hf_dataset\n"
         "  - /stage@stages.prune: prune_structured\n  - /stage@stages.ft: finetune\n"
-        "  - /stage@stages.quantize: quantize_int8\n  - target: onnxruntime\n  - _self_\n"
+        "  - /stage@stages.quantize: quantize_dynamic\n  - target: onnxruntime\n  - _self_\n"
         f"model: {{path: {folder}}}\ndata: {{train: {csv}, tokenizer: {folder}, max_length: 16}}\n"
         "pipeline: [prune, ft, quantize]\nstages:\n  prune: {ratio: 0.5}\n  ft: {epochs: 6, lr: 0.002}\n"
-        "eval: {max_drop: null, iters: 10, warmup: 2}\n")
+        "eval: {max_drop: null, iters: 10, warmup: 2, extra_metrics: [agreement, fidelity]}\n")
     proc = cli("run", "./bert.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = load_report(run_dirs(tmp_path)[0])
@@ -57,6 +57,9 @@ def test_bert_recipe_prune_finetune_int8_engine(tmp_path):
     assert r["stages"][0]["params"] < 0.8 * r["baseline"]["params"]
     assert r["stages"][1]["metric"]["top1"] >= 0.9  # the toy task is learnable after pruning
     eng = r["engine"]
-    assert eng["precision"] == "int8" and eng["parity"]["passed"], eng["parity"]
-    assert eng["notes"]["integer_kernels"] > 0
+    assert eng["precision"] == "int8_dynamic" and eng["parity"]["passed"], eng["parity"]
+    assert eng["notes"]["integer_kernels"] > 0  # DynamicQuantizeMatMul / MatMulInteger
     assert eng["metric"]["top1"] >= 0.85
+    # fidelity against the uncompressed model: 1.0 for the baseline itself, measured for the engine
+    assert r["baseline"]["metric"]["fidelity"] == pytest.approx(1.0) and r["baseline"]["metric"]["agreement"] == 1.0
+    assert -1 <= eng["metric"]["fidelity"] <= 1 and 0 <= eng["metric"]["agreement"] <= 1

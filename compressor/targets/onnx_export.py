@@ -22,23 +22,35 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from compressor.atomic import atomic_path
-from compressor.quant import is_quantized
+from compressor.quant import QuantWrapper, as_input, is_dynamic, is_quantized
 
 OPSET = 17
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = OPSET) -> Path:
     model = model.eval()
+    dynamic = is_dynamic(model)
+    if dynamic:  # ONNX Runtime's own quantize_dynamic writes the integer graph from the float one
+        model = _dequantized_copy(model)
+    example = as_input(model, example.cpu())
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(
-                model, (example.cpu(),), str(raw), dynamo=False, opset_version=opset,
+                model, (example,), str(raw), dynamo=False, opset_version=opset,
                 input_names=["input"], output_names=["output"],
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
             )
-        if is_quantized(model):
+        if dynamic:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            out = Path(tmp) / "dynamic.onnx"
+            quantize_dynamic(str(raw), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul", "Gemm"],  # what the stage quantized
+                             reduce_range=getattr(model, "_reduce_range", False))
+            proto = onnx.load(str(out))
+        elif is_quantized(model):
             folded = Path(tmp) / "folded.onnx"
             _ort_basic_optimize(raw, folded)
             proto = quantize_bias(flatten_to_reshape(onnx.load(str(folded))))
@@ -48,6 +60,23 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
     with atomic_path(path) as out:
         onnx.save(proto, str(out))
     return path
+
+
+def _dequantized_copy(model: nn.Module) -> nn.Module:
+    """Float model whose Linear weights already sit on the int8 grid of the dynamic stage:
+    re-quantizing them (per channel, symmetric) gives exactly the stage's integers."""
+    import copy
+
+    model = copy.deepcopy(model)
+    reduce = False
+    for name, m in list(model.named_modules()):
+        if isinstance(m, QuantWrapper) and m.dynamic:
+            with torch.no_grad():
+                m.inner.weight.copy_(m.quantized_weight())
+            reduce = reduce or m.weight_bits == 7
+            model.set_submodule(name, m.inner)
+    model._reduce_range = reduce
+    return model
 
 
 def _ort_basic_optimize(src: Path, dst: Path) -> None:

@@ -29,7 +29,7 @@ class OnnxRuntimeParams:
     opset: int = OPSET
 
     def check(self):
-        yield from one_of(self.precision, ("auto", "fp32", "int8"), "precision")
+        yield from one_of(self.precision, ("auto",) + OnnxRuntimeTarget.precisions, "precision")
         yield from one_of(self.provider, tuple(PROVIDERS), "provider")
         if self.threads < 0:
             yield "threads", f"must be >= 0, got {self.threads}"
@@ -55,7 +55,7 @@ class OrtEngine:
             raise UserError(f"asked for {wanted} but ONNX Runtime ran {self.provider}", key="target.provider")
         first = self.session.get_inputs()[0]
         self.input_name, self.input_shape = first.name, list(first.shape)
-        self.input_dtype = np.int64 if first.type == "tensor(int64)" else np.float32
+        self.input_dtype = {"tensor(int64)": np.int64, "tensor(float16)": np.float16}.get(first.type, np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})[0]
@@ -77,7 +77,7 @@ class OnnxRuntimeTarget:
     """ONNX Runtime engine (model.onnx): FP32, or INT8 Q/DQ run with integer kernels."""
 
     params: OnnxRuntimeParams
-    precisions = ("fp32", "int8")
+    precisions = ("fp32", "int8", "int8_dynamic", "fp16")  # ONNX has no bf16 Conv: bf16 is for torch_export
     suffixes = (".onnx",)
 
     def build(self, model: nn.Module, ctx: Context, out_dir: Path) -> OrtEngine:
@@ -90,5 +90,7 @@ class OnnxRuntimeTarget:
 
     @staticmethod
     def load(path: Path, provider: str = "cpu") -> OrtEngine:
-        precision = "int8" if any(n.op_type == "DequantizeLinear" for n in onnx.load(str(path)).graph.node) else "fp32"
+        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+        precision = ("int8_dynamic" if "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops else
+                     "int8" if "DequantizeLinear" in ops else "fp32")
         return OrtEngine(path, provider, precision=precision)
