@@ -4,13 +4,12 @@ Zeros alone do not shrink a dense engine or make it faster: this stage is for
 sparse-aware runtimes, compressed storage, or as a step before structured pruning."""
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 
 from torch import nn
 from torch.nn.utils import prune
 
-from compressor.errors import UserError
+from compressor.select import without
 from compressor.interfaces import Context
 from compressor.params import one_of
 
@@ -38,11 +37,9 @@ class PruneMagnitude:
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params
-        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
-        for pattern in p.exclude:
-            if not any(fnmatch.fnmatch(n, pattern) for n, _ in layers):
-                raise UserError(f"pattern '{pattern}' matches no prunable layer", key="exclude")
-        layers = [(n, m) for n, m in layers if not any(fnmatch.fnmatch(n, pat) for pat in p.exclude)]
+        modules = dict(model.named_modules())
+        kept = without([n for n, m in modules.items() if isinstance(m, PRUNABLE)], p.exclude)
+        layers = [(n, modules[n]) for n in kept]
         if p.scope == "global":
             prune.global_unstructured([(m, "weight") for _, m in layers], prune.L1Unstructured, amount=p.ratio)
         else:

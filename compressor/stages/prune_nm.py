@@ -9,7 +9,6 @@ For convolutions the groups run along input channels at each kernel position, th
 sparse tensor cores (cuSPARSELt, TensorRT) read."""
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +17,7 @@ from torch.nn.utils import prune
 
 from compressor.errors import UserError
 from compressor.interfaces import Context
+from compressor.select import without
 from compressor.stages.prune_magnitude import PRUNABLE
 
 RUNTIME_NOTE = ("N:M zeros make no CPU runtime faster (ONNX Runtime and OpenVINO CPU run the weights dense); "
@@ -64,11 +64,9 @@ class PruneNM:
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params
-        layers = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, PRUNABLE)]
-        for pattern in p.exclude:
-            if not any(fnmatch.fnmatch(name, pattern) for name, _ in layers):
-                raise UserError(f"pattern '{pattern}' matches no prunable layer", key="exclude")
-        layers = [(name, mod) for name, mod in layers if not any(fnmatch.fnmatch(name, pat) for pat in p.exclude)]
+        modules = dict(model.named_modules())
+        kept = without([n for n, m in modules.items() if isinstance(m, PRUNABLE)], p.exclude)
+        layers = [(name, modules[name]) for name in kept]
         skipped = {name: f"input dim {input_dim(mod)} is not a multiple of {p.m}"
                    for name, mod in layers if input_dim(mod) % p.m}
         layers = [(name, mod) for name, mod in layers if name not in skipped]

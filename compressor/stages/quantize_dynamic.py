@@ -4,7 +4,6 @@ so no calibration data is needed. ONNX Runtime runs it as DynamicQuantizeLinear 
 MatMul; the PyTorch model simulates exactly that, so the report's metric is the quantized one."""
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -13,6 +12,7 @@ from compressor.errors import UserError
 from compressor.interfaces import Context
 from compressor.params import one_of
 from compressor.quant import QuantWrapper, needs_reduce_range
+from compressor.select import without
 
 
 @dataclass
@@ -36,10 +36,7 @@ class QuantizeDynamic:
         names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         if not names:
             raise UserError("the model has no Linear layer to quantize dynamically", key="")
-        for pattern in p.exclude:
-            if not any(fnmatch.fnmatch(n, pattern) for n in names):
-                raise UserError(f"pattern '{pattern}' matches no Linear layer", key="exclude")
-        chosen = [n for n in names if not any(fnmatch.fnmatch(n, pat) for pat in p.exclude)]
+        chosen = without(names, p.exclude)
         for name in chosen:
             w = QuantWrapper(model.get_submodule(name), weight_bits=7 if reduce else 8, dynamic=True)
             w.set_weight_scale()

@@ -3,7 +3,6 @@ activations calibrated on the recipe's data. Leaves a fake-quantized PyTorch mod
 compressor.quant) that the report measures and every target exports as Q/DQ."""
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -16,6 +15,7 @@ from compressor.errors import UserError
 from compressor.interfaces import Context
 from compressor.params import one_of
 from compressor.quant import OBSERVERS, QUANTIZABLE, QuantWrapper, needs_reduce_range
+from compressor.select import without
 
 
 @dataclass
@@ -79,13 +79,8 @@ class QuantizeInt8:
         folded = fold_batchnorm(model) if p.fold_bn else 0
         reduce = needs_reduce_range() if p.reduce_range == "auto" else p.reduce_range == "true"
         names = [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
-        for pattern in p.exclude:
-            if not any(fnmatch.fnmatch(n, pattern) for n in names):
-                raise UserError(f"pattern '{pattern}' matches no Conv/Linear layer", key="exclude")
         wrappers = []
-        for name in names:
-            if any(fnmatch.fnmatch(name, pat) for pat in p.exclude):
-                continue
+        for name in without(names, p.exclude):
             w = QuantWrapper(model.get_submodule(name), weight_bits=min(p.weight_bits, 7 if reduce else 8))
             w.observer = OBSERVERS[p.calibrator]() if p.calibrator == "minmax" else OBSERVERS[p.calibrator](p.percentile)
             model.set_submodule(name, w)
