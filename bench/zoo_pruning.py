@@ -8,6 +8,7 @@ costs one row, not the table.
 Writes bench/results/zoo_pruning.json, bench/results/zoo_pruning.md and the README table."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -76,6 +77,20 @@ def _flat(out) -> list:
     return []
 
 
+@contextlib.contextmanager
+def no_mha_fastpath():
+    """MultiheadAttention's inference fast path (aten::_native_multi_head_attention) has no ONNX
+    export; the plain path computes the same."""
+    import torch
+
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
 def check(name: str, family: str, row: dict) -> None:
     """Prune one model and check it end to end, filling `row`; raises at the first step that fails."""
     import logging
@@ -125,7 +140,7 @@ def check(name: str, family: str, row: dict) -> None:
         raise AssertionError(f"output shapes changed: {ref_shapes[:3]} -> {shapes[:3]}")
 
     row["step"] = "export"
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, no_mha_fastpath():
         path = export_onnx(model, x, Path(tmp) / "model.onnx")
         row["onnx_mb"] = round(path.stat().st_size / 2**20, 1)
         row["step"] = "onnxruntime"

@@ -1,0 +1,237 @@
+"""Our INT8 (the quantize_int8 stage, then export_onnx) against ONNX Runtime's own static
+quantizer called directly on the same FP32 ONNX model with the same calibration batches:
+file size, accuracy and batch-1 latency, for the packaged digits CNN, a torchvision resnet18
+and a tiny BERT, all trained here in a few seconds (no downloads).
+
+    .venv/bin/python bench/quantization.py
+Writes bench/results/quantization.json and the table in README.md."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # make_tiny_bert, make_sentiment_csv
+from common import update_readme, write_result  # noqa: E402
+
+THREADS = 1  # every engine on one thread: the 2 cores are shared, and it keeps the comparison fair
+WARMUP, ITERS = 50, 500
+
+
+def digits_cnn():
+    from compressor.data.digits import DigitsParams, build as build_digits
+    from compressor.models.digits_cnn import DigitsCNNParams, build
+
+    return build(DigitsCNNParams()), build_digits(DigitsParams())
+
+
+def resnet18():
+    import torchvision
+
+    from compressor.data.digits import DigitsParams, build as build_digits
+    from compressor.training import fit
+
+    torch.manual_seed(0)
+    data = build_digits(DigitsParams(image_size=32, channels=3))
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    fit(model, data.train, epochs=5, lr=2e-3, weight_decay=1e-4)
+    return model.eval(), data
+
+
+def tiny_bert(tmp: Path):
+    from conftest import make_sentiment_csv, make_tiny_bert
+
+    from compressor.data.text import HFDatasetParams, build as build_text
+    from compressor.models.huggingface import HuggingFaceParams, build
+    from compressor.training import fit
+
+    folder = make_tiny_bert(tmp / "bert")
+    csv = make_sentiment_csv(tmp / "sentiment.csv", n=800)  # 160 validation rows instead of 32
+    data = build_text(HFDatasetParams(train=str(csv), tokenizer=str(folder), max_length=16))
+    model = build(HuggingFaceParams(path=str(folder)))
+    torch.manual_seed(0)
+    fit(model, data.train, epochs=3, lr=2e-3)
+    return model.eval(), data
+
+
+def quantize_ours(model, data):
+    from compressor.interfaces import Context
+    from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params
+
+    stage = QuantizeInt8()
+    stage.params = QuantizeInt8Params(calibration_batches=len(data.calib))  # defaults otherwise
+    ctx = Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
+                  log=logging.getLogger("bench"), progress=None)
+    return stage.apply(copy.deepcopy(model), ctx), ctx.notes
+
+
+def quantize_ort(fp32: Path, out: Path, data, **options) -> Path:
+    """onnxruntime.quantization.quantize_static called directly on the FP32 ONNX file, fed the
+    calibration batches ours sees. quant_pre_process runs first, with its defaults, because ORT's
+    quantization guide says to pre-process (shape inference + optimization) before quantizing."""
+    from onnxruntime.quantization import CalibrationDataReader, quant_pre_process, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": x.numpy()} for x, _ in data.calib])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    pre = fp32.with_name(fp32.stem + "_pre.onnx")
+    if not pre.exists():
+        quant_pre_process(str(fp32), str(pre))
+    quantize_static(str(pre), str(out), Reader(), **options)
+    return out
+
+
+def onnx_accuracy(engine, loader) -> float:
+    right = total = 0
+    for x, y in loader:
+        right += int((engine(x.numpy()).argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return right / total
+
+
+def interleaved_p50(fns: dict, warmup: int = WARMUP, iters: int = ITERS) -> dict[str, float]:
+    """Median ms of each callable; one call of each per round, in a rotating order, so a burst
+    of load from the other worker on the machine hits every engine alike."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times = {n: [] for n in names}
+    for i in range(iters):
+        for n in names[i % len(names):] + names[: i % len(names)]:
+            t = time.perf_counter()
+            fns[n]()
+            times[n].append((time.perf_counter() - t) * 1e3)
+    return {n: float(np.median(v)) for n, v in times.items()}
+
+
+ENGINES = {  # key: what the table calls it
+    "onnx_fp32": "ONNX Runtime FP32",
+    "ours": "**ours**: quantize_int8 + export_onnx",
+    "ort": "ORT quantize_static, defaults",
+    "ort_like_ours": "ORT quantize_static, ours' scheme",
+}
+
+
+def measure(name: str, model, data, tmp: Path) -> dict:
+    from onnxruntime.quantization import QuantType
+
+    from compressor.targets.onnx_export import export_onnx
+    from compressor.targets.onnxruntime import INTEGER_KERNELS, OrtEngine
+    from compressor.training import accuracy
+
+    example = data.example_input()
+    quantized, notes = quantize_ours(model, data)
+    fp32 = export_onnx(model, example, tmp / f"{name}_fp32.onnx")
+    paths = {
+        "onnx_fp32": fp32,
+        "ours": export_onnx(quantized, example, tmp / f"{name}_ours.onnx"),
+        "ort": quantize_ort(fp32, tmp / f"{name}_ort.onnx", data),
+        # The same call set up as ours is (and as its docstring advises for x86 without VNNI):
+        # per-channel weights, uint8 activations, 7-bit weights where ours uses them.
+        "ort_like_ours": quantize_ort(fp32, tmp / f"{name}_ort_like_ours.onnx", data, per_channel=True,
+                                      reduce_range=notes["reduce_range"], activation_type=QuantType.QUInt8),
+    }
+    engines = {k: OrtEngine(p, threads=THREADS) for k, p in paths.items()}
+    x = example.numpy()
+    with torch.inference_mode():
+        p50 = interleaved_p50({"torch_fp32": lambda: model(example), **{k: (lambda e=e: e(x)) for k, e in engines.items()}})
+    row = {"model": name, "reduce_range": notes["reduce_range"],
+           "torch_fp32": {"top1": accuracy(model, data.val), "p50_ms": p50["torch_fp32"]}}
+    for k, e in engines.items():
+        kernels = e.kernels()
+        row[k] = {"bytes": paths[k].stat().st_size, "top1": onnx_accuracy(e, data.val), "p50_ms": p50[k],
+                  "integer_kernels": sum(v for op, v in kernels.items() if op in INTEGER_KERNELS),
+                  "float_kernels": sum(v for op, v in kernels.items() if op in FLOAT_KERNELS), "kernels": kernels}
+    return row
+
+
+FLOAT_KERNELS = ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Add")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | engine | top-1 | size (KiB) | size vs FP32 ONNX | p50 ms, batch 1 | speed-up vs ORT FP32 | "
+             "speed-up vs PyTorch | ORT kernels: integer / float |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fp32, torch_ms = r["onnx_fp32"], r["torch_fp32"]["p50_ms"]
+        lines.append(f"| {r['model']} | PyTorch eager FP32 | {r['torch_fp32']['top1']:.4f} | | | {torch_ms:.3f} | | | |")
+        for k, label in ENGINES.items():
+            e = r[k]
+            lines.append(f"| | {label} | {e['top1']:.4f} | {e['bytes'] / 1024:.1f} | {e['bytes'] / fp32['bytes']:.3f} | "
+                         f"{e['p50_ms']:.3f} | {fp32['p50_ms'] / e['p50_ms']:.2f}x | {torch_ms / e['p50_ms']:.2f}x | "
+                         f"{e['integer_kernels']} / {e['float_kernels']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    t0 = time.perf_counter()
+    train_threads = torch.get_num_threads()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name, build in (("digits_cnn", digits_cnn), ("resnet18", resnet18), ("tiny BERT", lambda: tiny_bert(tmp))):
+            torch.set_num_threads(train_threads)
+            t = time.perf_counter()
+            model, data = build()
+            print(f"{name}: built in {time.perf_counter() - t:.1f} s", flush=True)
+            torch.set_num_threads(THREADS)
+            rows.append(measure(name, model, data, tmp))
+            print(table(rows[-1:]), flush=True)
+    md = table(rows) + NOTES
+    path = write_result("quantization", {"rows": rows, "threads": THREADS, "warmup": WARMUP, "iters": ITERS,
+                                         "wall_seconds": time.perf_counter() - t0})
+    update_readme("quantization", md)
+    print(md)
+    print(f"wrote {path}")
+
+
+NOTES = """
+
+One run of `.venv/bin/python bench/quantization.py` on this 2-core machine (shared with other
+jobs), every engine on 1 thread; p50: median of 500 batch-1 calls after 50 warm-up ones, all
+engines interleaved. Models: the packaged digits CNN; torchvision resnet18 (weights=None) trained
+5 epochs on digits upsampled to 32x32 RGB; the tiny BERT of `tests/conftest.py` fine-tuned 3
+epochs on an 800-row toy sentiment file (160 validation rows). Every quantizer calibrates on the
+same batches (digits: 256 images; BERT: 128 sentences). "ORT quantize_static" is called on the
+FP32 ONNX file after `quant_pre_process` (ORT's guide recommends it), with its defaults (QDQ,
+per-tensor int8 weights, int8 activations, MinMax), and with ours' scheme (per_channel=True,
+activation_type=QUInt8, reduce_range as ours: 7-bit weights on this CPU without VNNI).
+
+The issue's goal, ours matching or beating the direct call on accuracy at equal or better speed:
+
+- **Accuracy: holds** on all three. On the tiny BERT ORT's quantizer (either setting) falls to
+  one class: it also quantizes the attention-mask Add, whose calibrated range takes in the mask's
+  -3.4e38, so its scale is about 1e36 and every attention score rounds to the same value. Ours
+  quantizes only the inputs of Conv/Linear layers, so the mask stays float.
+- **Speed: does not hold on resnet18.** Ours puts Q/DQ only on Conv/Linear inputs, so a conv
+  whose output feeds a residual Add has no QuantizeLinear after it and ONNX Runtime cannot fuse
+  it into QLinearConv: 12 of the 20 convs (the second conv of each block, the 3 downsamples) run
+  in float on weights dequantized at every call, and each integer island is entered and left
+  through NHWC transposes. Ours ends up slower than FP32. ORT's quantizer with ours' scheme
+  quantizes the Adds too, and ONNX Runtime runs the whole network in integers (20 QLinearConv,
+  8 QLinearAdd). With its defaults (int8 activations) ORT fuses only 9 convs and no Add on this
+  CPU, so it is slower than FP32 as well.
+- digits CNN: no residuals; ours and ORT's run the same kernels (3 QLinearConv, 2 QGemm), so the
+  p50 differences between the INT8 rows are this shared machine's noise, not the graphs.
+- tiny BERT: at hidden size 64 and 16 tokens the matmuls are too small for integer kernels to
+  pay for the quantize steps; ours runs at about FP32 speed and faster than ORT's quantized graph.
+"""
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

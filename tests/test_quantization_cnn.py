@@ -1,0 +1,42 @@
+"""A torchvision CNN trained briefly on upsampled digits, INT8 within 1 point."""
+import logging
+
+import pytest
+import torch
+
+from compressor.data.digits import DigitsParams, build as build_digits
+from compressor.interfaces import Context
+from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params
+from compressor.targets.onnx_export import export_onnx
+from compressor.targets.onnxruntime import OrtEngine
+from compressor.training import accuracy, fit
+
+pytestmark = pytest.mark.slow
+
+
+def test_resnet18_int8_engine_within_one_point(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    data = build_digits(DigitsParams(image_size=32, channels=3))
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    fit(model, data.train, epochs=2, lr=3e-3)  # about 95% top-1: enough for a 1-point budget to mean something
+    model.eval()
+    fp32_top1 = accuracy(model, data.val)
+    assert fp32_top1 >= 0.9
+    fp32_path = export_onnx(model, data.example_input(), tmp_path / "fp32.onnx")
+
+    stage = QuantizeInt8()
+    stage.params = QuantizeInt8Params()
+    ctx = Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
+                  log=logging.getLogger("t"), progress=None)
+    quantized = stage.apply(model, ctx)
+    engine = OrtEngine(export_onnx(quantized, data.example_input(), tmp_path / "int8.onnx"), precision="int8")
+
+    right = total = 0
+    for x, y in data.val:
+        right += int((engine(x.numpy()).argmax(1) == y.numpy()).sum())
+        total += len(y)
+    assert right / total >= fp32_top1 - 0.01
+    assert engine.path.stat().st_size <= 0.27 * fp32_path.stat().st_size
+    assert engine.kernels().get("QLinearConv", 0) > 0
