@@ -224,8 +224,8 @@ The issue's goal, ours matching or beating the direct call on accuracy at equal 
 - **Speed: does not hold on resnet18.** Ours puts Q/DQ only on Conv/Linear inputs, so a conv
   whose output feeds a residual Add has no QuantizeLinear after it and ONNX Runtime cannot fuse
   it into QLinearConv: 12 of the 20 convs (the stem, the second conv of each block, the 3
-  downsamples) run in float on weights dequantized at every call, and each integer island is entered and left
-  through NHWC transposes. Ours ends up slower than FP32. ORT's quantizer with ours' scheme
+  downsamples) run in float on weights dequantized at every call, and each integer island is
+  entered and left through NHWC transposes. Ours ends up slower than FP32. ORT's quantizer with ours' scheme
   quantizes the Adds too, and ONNX Runtime runs the whole network in integers (20 QLinearConv, 8
   QLinearAdd). With its defaults (int8 activations) ORT fuses only 9 convs and no Add on this
   CPU, so it is slower than FP32 as well.

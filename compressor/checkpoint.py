@@ -37,6 +37,7 @@ MODULE_TYPES: dict[str, tuple[type, list[str]]] = {
     "LayerNorm": (nn.LayerNorm, ["normalized_shape", "eps", "elementwise_affine"]),
     "Embedding": (nn.Embedding, ["num_embeddings", "embedding_dim", "padding_idx"]),
     "Identity": (nn.Identity, []),
+    "MultiheadAttention": (nn.MultiheadAttention, ["embed_dim", "num_heads", "dropout", "batch_first"]),
 }
 
 

@@ -323,6 +323,7 @@ def mapping_barriers(barriers: set):
                     updates[node.type](graph, node)
                     offsets = getattr(node.module, "offsets", None)
                     bad = node.type == ops.OPTYPE.SPLIT and (offsets is None or len(offsets) != len(node.outputs) + 1)
+                    bad = bad or (node.type == ops.OPTYPE.RESHAPE and not _flatten_ok(node, im._FlattenIndexMapping))
             except (ArithmeticError, IndexError, TypeError):
                 bad = True
             if bad:
@@ -338,6 +339,23 @@ def mapping_barriers(barriers: set):
         yield
     finally:
         im.update_index_mapping = original
+
+
+def _flatten_ok(node, flatten_mapping: type) -> bool:
+    """A flatten mapping Torch-Pruning put on a reshape must be the real one: (B, C, *S) <-> (B, C x prod(S))
+    with stride prod(S). Anything else multiplies index lists along the graph until memory runs out."""
+    strides = {f._stride for n in [node, *node.inputs, *node.outputs] for dep in n.dependencies
+               if dep.target is node or dep.source is node for f in dep.index_mapping if isinstance(f, flatten_mapping)}
+    if not strides:
+        return True
+    fn = node.grad_fn
+    src, meta = getattr(fn, "_saved_self_sym_sizes", None), getattr(fn, "_input_metadata", None)
+    if src is None or not meta:
+        return False
+    src, dst = [int(d) for d in src], [int(d) for d in meta[0].shape]
+    big, small = (src, dst) if len(src) > len(dst) else (dst, src)
+    return (len(small) == 2 and len(big) > 2 and small == [big[0], math.prod(big[1:])]
+            and strides == {math.prod(big[2:])})
 
 
 def _splits_channels(node) -> bool:
