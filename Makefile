@@ -24,6 +24,8 @@ test: setup
 bench: setup
 	$(BIN)/python bench/default_recipe.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/pruning.py
+	$(BIN)/python bench/quantization.py
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

@@ -245,15 +245,13 @@ def main(names: list[str]) -> None:
               flush=True)
     if names:  # a partial run does not overwrite the published table
         return
-    import torch
-    import torch_pruning
-    import torchvision
+    from importlib.metadata import version
 
     head = (f"Every torchvision model built with `weights=None`, pruned by `prune_structured` "
             f"(ratio {RATIO}, magnitude importance), run, exported to ONNX and run with ONNX Runtime "
             f"(passes when the engine matches the pruned model within 1e-4 + 1e-3 x max |output|). "
-            f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-            f"torch-pruning {torch_pruning.__version__}.\n\n**Passed: {summary(rows)}.**")
+            f"torch {version('torch')}, torchvision {version('torchvision')}, "
+            f"torch-pruning {version('torch-pruning')}.\n\n**Passed: {summary(rows)}.**")
     write_result("zoo_pruning", {"ratio": RATIO, "summary": summary(rows), "rows": rows})
     (RESULTS / "zoo_pruning.md").write_text(head + "\n\n" + table(rows) + "\n")
     failed = [r for r in rows if not r["passed"]]

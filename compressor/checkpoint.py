@@ -147,6 +147,21 @@ def apply_layer_specs(model: nn.Module, specs: dict[str, dict[str, Any]]) -> nn.
     return model
 
 
+def fit_bare_params(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Resize parameters held directly by a module outside MODULE_TYPES (a ViT's class token and
+    position embedding) to the saved tensors: pruning the hidden size changes them, and their
+    shape is all there is to rebuild. Only existing parameters change; none are added."""
+    modules = dict(model.named_modules())
+    for key, t in tensors.items():
+        owner, _, pname = key.rpartition(".")
+        m = modules.get(owner)
+        if m is None or type(m).__name__ in MODULE_TYPES or isinstance(m, QuantWrapper):
+            continue
+        current = m._parameters.get(pname)
+        if current is not None and current.shape != t.shape:
+            setattr(m, pname, nn.Parameter(torch.empty(t.shape, dtype=current.dtype), current.requires_grad))
+
+
 def load_checkpoint(path: str | Path) -> nn.Module:
     """Rebuild a model saved by `save_checkpoint`, with no pickle involved."""
     from compressor.models import build_model  # late import: avoids a cycle through the registry
@@ -162,6 +177,7 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     with safe_open(str(path), framework="pt") as f:
         for k in f.keys():
             tensors[k] = f.get_tensor(k)
+    fit_bare_params(model, tensors)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise UserError(

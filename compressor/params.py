@@ -32,7 +32,7 @@ def parse_params(cls: type | None, section: dict[str, Any], prefix: str) -> tupl
             continue
         try:
             OmegaConf.merge(schema, {k: v})
-        except Exception as e:  # OmegaConf's ValidationError family
+        except Exception:  # OmegaConf's ValidationError family
             hint = _type_name(cls, k)
             problems.append(Problem(f"{prefix}.{k}", f"expected {hint}, got {v!r}"))
     if problems:

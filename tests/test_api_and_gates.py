@@ -1,5 +1,4 @@
 """Python API, gates, bench and report commands on real runs."""
-import json
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Quantization stages on the digits model: calibrators, low-bit QAT against PTQ, mixed precision."""
 import logging
 
-import numpy as np
 import pytest
 import torch
 
@@ -90,8 +89,6 @@ def test_qat_model_exports_with_integer_kernels(tmp_path, data):
 
 
 def test_dynamic_and_fp16_engines(tmp_path, cli_inproc):
-    import json
-
     import compressor
 
     report, engine = compressor.compress("default", ["+stage@stages.q2=quantize_dynamic", "pipeline=[q2]",

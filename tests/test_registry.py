@@ -1,7 +1,5 @@
 """Registry: explicit built-ins, entry-point plugins, duplicate and unknown names."""
-import sys
 import textwrap
-from dataclasses import dataclass
 
 import pytest
 

@@ -117,8 +117,6 @@ def test_checkpoint_rejects_file_without_metadata(tmp_path):
 
 
 def test_onnx_int8_export_parity_and_int8_weights(tmp_path, data):
-    import onnx
-
     from compressor.targets.onnxruntime import OrtEngine
     from compressor.targets.onnx_export import export_onnx
 

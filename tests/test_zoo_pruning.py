@@ -11,7 +11,8 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from compressor.checkpoint import apply_layer_attrs, apply_layer_specs, layer_attrs, layer_specs
+from compressor.checkpoint import (apply_layer_attrs, apply_layer_specs, fit_bare_params, layer_attrs,
+                                   layer_specs)
 from compressor.errors import UserError
 from compressor.interfaces import Context, DataSplits
 from compressor.stages.prune_structured import PruneStructured, PruneStructuredParams
@@ -76,10 +77,7 @@ def test_prune_export_and_rebuild(tmp_path, name, build, size):
     # The pruned architecture from the checkpoint metadata alone: layer specs + scalar attributes.
     rebuilt = apply_layer_specs(fresh, layer_specs(model))
     apply_layer_attrs(rebuilt, layer_attrs(model))
-    if name == "vit":  # bare nn.Parameters (class token, position embedding) have no layer spec
-        with pytest.raises(RuntimeError, match="class_token|pos_embedding"):
-            rebuilt.load_state_dict(model.state_dict(), strict=True)
-        pytest.xfail("checkpoint metadata does not record the shapes of bare nn.Parameters yet")
+    fit_bare_params(rebuilt, model.state_dict())  # a ViT's class token and position embedding
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), out)
