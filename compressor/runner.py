@@ -118,6 +118,10 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
             data = build_data(plan.data, plan.seed)
             model = build_model(plan.model).to(device)
             _check_fits(model, data, device)
+            calibrating = [s.slot for s in plan.steps if getattr(s.entry.obj, "calibrates", False)]
+            if calibrating and next(iter(data.calib), None) is None:
+                raise UserError(f"the calibration split is empty, and stages.{calibrating[0]} calibrates on it",
+                                key="data.calibration_size")
             if not data.labelled:
                 report["metric_unavailable"] = "the data has no labels (synthetic): only fidelity metrics are measured"
             progress.update(overall, description="baseline")

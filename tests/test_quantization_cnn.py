@@ -31,7 +31,8 @@ def test_resnet18_int8_engine_within_one_point(tmp_path):
     ctx = Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
                   log=logging.getLogger("t"), progress=None)
     quantized = stage.apply(model, ctx)
-    engine = OrtEngine(export_onnx(quantized, data.example_input(), tmp_path / "int8.onnx"), precision="int8")
+    path = export_onnx(quantized, data.example_input(), tmp_path / "int8.onnx", calib=data.calibration_inputs(8))
+    engine = OrtEngine(path, precision="int8")
 
     right = total = 0
     for x, y in data.val:
@@ -39,4 +40,7 @@ def test_resnet18_int8_engine_within_one_point(tmp_path):
         total += len(y)
     assert right / total >= fp32_top1 - 0.01
     assert engine.path.stat().st_size <= 0.27 * fp32_path.stat().st_size
-    assert engine.kernels().get("QLinearConv", 0) > 0
+    # every conv and every residual Add runs in integers (Q/DQ on the Adds, see onnx_residuals)
+    kernels = engine.kernels()
+    assert kernels.get("QLinearConv") == 20 and kernels.get("QLinearAdd") == 8, kernels
+    assert not {"Conv", "FusedConv", "Add"} & set(kernels), kernels

@@ -5,7 +5,6 @@ import pytest
 from conftest import cli
 
 
-
 def lines(proc):
     return [l for l in proc.stderr.splitlines() if l.strip()]
 
@@ -20,6 +19,7 @@ def lines(proc):
     ("eval.metric=top2", "eval.metric"),                       # unknown metric
     ("model.widht=3", "model.widht"),                          # unknown model key
     ("data.channels=2", "data.channels"),                      # bad value
+    ("data.calibration_size=0", "data.calibration_size"),      # quantize_int8 would have nothing to calibrate on
 ])
 def test_one_line_naming_the_key(tmp_path, cli_inproc, override, key):
     proc = cli_inproc("run", override)

@@ -72,6 +72,7 @@ class QuantizeInt8:
 
     params: QuantizeInt8Params
     precision = "int8"  # what this stage leaves; targets check they can run it
+    calibrates = True  # needs calibration data: checked before any work
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params
@@ -94,6 +95,7 @@ class QuantizeInt8:
                 seen += len(x)
         if seen == 0:
             raise UserError("the calibration split is empty", key="calibration_batches")
+        ctx.shared["calibration_batches"] = p.calibration_batches  # targets calibrate residual Adds alike
         for w in wrappers:
             w.set_act_range(*w.observer.range())
             w.set_weight_scale()

@@ -32,6 +32,7 @@ class QuantizeQAT:
 
     params: QuantizeQATParams
     precision = "int8"
+    calibrates = True
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params

@@ -7,7 +7,8 @@ model two passes follow: ONNX Runtime's basic (portable) optimizer folds each we
 QuantizeLinear into an int8 initializer, and `quantize_bias` stores biases as int32 with
 scale = input scale x weight scale, as ONNX Runtime's own quantizer does; without it ORT
 keeps Gemm in float.
-A Flatten before a Linear becomes the equivalent Reshape (see `flatten_to_reshape`).
+A Flatten before a Linear becomes the equivalent Reshape (see `flatten_to_reshape`), and residual
+Adds fed by convs get Q/DQ from calibration batches (see `onnx_residuals`).
 """
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ from torch import nn
 
 from compressor.atomic import atomic_path
 from compressor.quant import QuantWrapper, as_input, is_dynamic, is_quantized
+from compressor.targets.onnx_residuals import quantize_residual_adds
 
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = OPSET) -> Path:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int = OPSET,
+                calib: list[torch.Tensor] | None = None) -> Path:
+    """`calib`: input batches for an INT8 model's residual Adds (see onnx_residuals)."""
     model = model.eval()
     dynamic = is_dynamic(model)
     if dynamic:  # ONNX Runtime's own quantize_dynamic writes the integer graph from the float one
@@ -54,6 +58,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
             folded = Path(tmp) / "folded.onnx"
             _ort_basic_optimize(raw, folded)
             proto = quantize_bias(flatten_to_reshape(onnx.load(str(folded))))
+            batches = [as_input(model, x.cpu()).numpy() for x in calib or []]
+            proto = quantize_residual_adds(proto, batches)
         else:
             proto = onnx.load(str(raw))
     onnx.checker.check_model(proto, full_check=True)
@@ -134,7 +140,7 @@ def quantize_bias(model: onnx.ModelProto) -> onnx.ModelProto:
         bias = consts[node.input[2]].astype(np.float64)
         scale = (float(sx) * sw.astype(np.float64)).reshape(-1) * np.ones_like(bias)
         q = np.clip(np.rint(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
-        name = node.input[2] + "_quantized"
+        name = node.output[0] + "_bias_quantized"  # per node: ORT's optimizer may share one bias among several
         g.initializer.extend([
             numpy_helper.from_array(q, name),
             numpy_helper.from_array(scale.astype(np.float32), name + "_scale"),

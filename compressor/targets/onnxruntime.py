@@ -81,7 +81,8 @@ class OnnxRuntimeTarget:
     suffixes = (".onnx",)
 
     def build(self, model: nn.Module, ctx: Context, out_dir: Path) -> OrtEngine:
-        path = export_onnx(model, ctx.example_input, out_dir / "model.onnx", opset=self.params.opset)
+        calib = ctx.data.calibration_inputs(ctx.shared.get("calibration_batches", 8))  # for residual Adds
+        path = export_onnx(model, ctx.example_input, out_dir / "model.onnx", opset=self.params.opset, calib=calib)
         engine = OrtEngine(path, self.params.provider, self.params.threads, self.params.precision)
         kernels = engine.kernels()
         ctx.notes["kernels"] = kernels
