@@ -8,7 +8,7 @@ def register() -> None:
     from compressor.models import digits_cnn, huggingface, torchvision_zoo
     from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
     from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8, quantize_qat
-    from compressor.stages import quantize_dynamic, quantize_float
+    from compressor.stages import quantize_dynamic, quantize_experimental, quantize_float, quantize_weight_only
     from compressor.stages import prune_layers, prune_nm, sensitivity
     from compressor.targets import onnxruntime
 
@@ -21,6 +21,10 @@ def register() -> None:
     STAGES.add("quantize_int8", quantize_int8.QuantizeInt8, quantize_int8.QuantizeInt8Params)
     STAGES.add("quantize_qat", quantize_qat.QuantizeQAT, quantize_qat.QuantizeQATParams)
     STAGES.add("quantize_dynamic", quantize_dynamic.QuantizeDynamic, quantize_dynamic.QuantizeDynamicParams)
+    STAGES.add("quantize_weight_only", quantize_weight_only.QuantizeWeightOnly,
+               quantize_weight_only.QuantizeWeightOnlyParams)
+    STAGES.add("quantize_experimental", quantize_experimental.QuantizeExperimental,
+               quantize_experimental.QuantizeExperimentalParams)
     STAGES.add("quantize_fp16", quantize_float.QuantizeFP16, quantize_float.QuantizeFloatParams)
     STAGES.add("quantize_bf16", quantize_float.QuantizeBF16, quantize_float.QuantizeFloatParams)
 

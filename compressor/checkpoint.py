@@ -20,7 +20,7 @@ from torch import nn
 
 from compressor.atomic import atomic_path
 from compressor.errors import UserError
-from compressor.quant import QuantWrapper, float_dtype
+from compressor.quant import QuantWrapper, WeightOnly, float_dtype
 
 FORMAT = "compressor-checkpoint/1"
 
@@ -44,6 +44,9 @@ MODULE_TYPES: dict[str, tuple[type, list[str]]] = {
 def module_spec(m: nn.Module) -> dict[str, Any] | None:
     if isinstance(m, QuantWrapper):
         return {"type": "QuantWrapper", "weight_bits": m.weight_bits, "dynamic": m.dynamic, "inner": module_spec(m.inner)}
+    if isinstance(m, WeightOnly):
+        return {"type": "WeightOnly", "bits": m.bits, "group_size": m.group_size, "symmetric": m.symmetric,
+                "inner": module_spec(m.inner)}
     name = type(m).__name__
     if name not in MODULE_TYPES or type(m) is not MODULE_TYPES[name][0]:
         return None
@@ -61,6 +64,9 @@ def build_module(spec: dict[str, Any]) -> nn.Module:
     if kind == "QuantWrapper":
         return QuantWrapper(build_module(spec["inner"]), weight_bits=int(spec["weight_bits"]),
                             dynamic=bool(spec.get("dynamic", False)))
+    if kind == "WeightOnly":
+        return WeightOnly(build_module(spec["inner"]), bits=int(spec["bits"]), group_size=int(spec["group_size"]),
+                          symmetric=bool(spec["symmetric"]))
     if kind not in MODULE_TYPES:
         raise UserError(f"checkpoint names unknown layer type {kind!r}", key="checkpoint")
     cls, attrs = MODULE_TYPES[kind]
@@ -78,7 +84,7 @@ def layer_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
         spec = module_spec(m)
         if spec is not None:
             specs[name] = spec
-            if isinstance(m, QuantWrapper):
+            if isinstance(m, (QuantWrapper, WeightOnly)):
                 skip = tuple(list(skip) + [name + "."])
     return specs
 

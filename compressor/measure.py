@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from compressor.quant import QuantWrapper, as_input
+from compressor.quant import QuantWrapper, WeightOnly, as_input
 from compressor.registry import METRICS
 
 
@@ -32,11 +32,11 @@ def weight_bytes(model: nn.Module) -> int:
     total = 0
     quantized = {}
     for name, m in model.named_modules():
-        if isinstance(m, QuantWrapper):
-            quantized[f"{name}.inner.weight" if name else "inner.weight"] = 1  # int8 storage
+        if isinstance(m, (QuantWrapper, WeightOnly)):  # int8 storage; WeightOnly at its bits
+            quantized[f"{name}.inner.weight" if name else "inner.weight"] = getattr(m, "bits", 8) / 8
     for name, t in model.state_dict().items():
         total += t.numel() * (quantized.get(name) or t.element_size())
-    return total
+    return int(total)
 
 
 def sparsity(model: nn.Module) -> float:

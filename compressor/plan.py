@@ -109,6 +109,8 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
     produced = "fp32"
     for step in steps:
         produced = getattr(step.entry.obj, "precision", produced)
+        if callable(produced):  # a stage whose output precision depends on its params
+            produced = produced(step.params)
     precision = produced
     if target_entry is not None and target_params is not None:
         wanted = getattr(target_params, "precision", "auto")

@@ -6,6 +6,7 @@ calibrated scales as buffers; its forward runs `torch.fake_quantize_*`, so the m
 report measures in PyTorch is the quantized model's, and torch.onnx exports it as
 QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses into integer kernels.
 Activations: uint8 asymmetric per tensor. Weights: int8 symmetric per output channel.
+`WeightOnly` (INT8/INT4 weights in groups, float activations) is the weight-only variant.
 """
 from __future__ import annotations
 
@@ -228,3 +229,55 @@ def float_dtype(model: nn.Module) -> torch.dtype:
 def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Float inputs in the model's float dtype; token ids and other integers unchanged."""
     return x.to(float_dtype(model)) if x.is_floating_point() else x
+
+
+class WeightOnly(nn.Module):
+    """A Linear whose weight sits on a group-wise integer grid (INT8 or INT4), activations
+    float: what ONNX Runtime's MatMulNBits runs. Groups of `group_size` consecutive input
+    features per output row share a scale and a zero point (symmetric: zero point 2^(bits-1)).
+    The inner weight holds the dequantized values, so forward is the Linear itself and the
+    integers are exactly recoverable for export (`integers`)."""
+
+    def __init__(self, inner: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = False):
+        super().__init__()
+        self.inner, self.bits, self.group_size, self.symmetric = inner, bits, group_size, symmetric
+        groups = -(-inner.in_features // group_size)
+        self.register_buffer("scale", torch.ones(inner.out_features, groups))
+        self.register_buffer("zero_point", torch.full((inner.out_features, groups), 2 ** (bits - 1), dtype=torch.uint8))
+
+    def _grouped(self, w: torch.Tensor) -> torch.Tensor:
+        """(out, in) -> (out, groups, group_size), zero-padded: zero is on every grid."""
+        pad = self.scale.shape[1] * self.group_size - w.shape[1]
+        return F.pad(w, (0, pad)).reshape(w.shape[0], -1, self.group_size)
+
+    @torch.no_grad()
+    def quantize(self) -> None:
+        w = self._grouped(self.inner.weight.float())
+        top = 2 ** self.bits - 1
+        if self.symmetric:  # values in [-(2^(b-1) - 1), 2^(b-1) - 1] around 2^(b-1)
+            scale = w.abs().amax(2) / (2 ** (self.bits - 1) - 1)
+            zp = torch.full_like(scale, 2 ** (self.bits - 1))
+        else:
+            lo, hi = w.amin(2).clamp(max=0), w.amax(2).clamp(min=0)
+            scale = (hi - lo) / top
+            zp = (-lo / scale.clamp_min(1e-12)).round().clamp(0, top)
+        self.scale.copy_(scale.clamp_min(1e-12))
+        self.zero_point.copy_(zp.to(torch.uint8))
+        self.inner.weight.copy_(self._dequantize(self.integers()).to(self.inner.weight.dtype))
+
+    def integers(self) -> torch.Tensor:
+        """(out, groups, group_size) uint8 in [0, 2^bits - 1]."""
+        w = self._grouped(self.inner.weight.float())
+        zp = self.zero_point.float().unsqueeze(2)
+        return (w / self.scale.unsqueeze(2) + zp).round().clamp(0, 2 ** self.bits - 1).to(torch.uint8)
+
+    def _dequantize(self, q: torch.Tensor) -> torch.Tensor:
+        w = (q.float() - self.zero_point.float().unsqueeze(2)) * self.scale.unsqueeze(2)
+        return w.reshape(w.shape[0], -1)[:, : self.inner.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def is_weight_only(model: nn.Module) -> bool:
+    return any(isinstance(m, WeightOnly) for m in model.modules())

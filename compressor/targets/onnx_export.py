@@ -8,7 +8,8 @@ QuantizeLinear into an int8 initializer, and `quantize_bias` stores biases as in
 scale = input scale x weight scale, as ONNX Runtime's own quantizer does; without it ORT
 keeps Gemm in float.
 A Flatten before a Linear becomes the equivalent Reshape (see `flatten_to_reshape`), and residual
-Adds fed by convs get Q/DQ from calibration batches (see `onnx_residuals`).
+Adds fed by convs get Q/DQ from calibration batches (see `onnx_residuals`). Weight-only layers
+become MatMulNBits (see `onnx_weight_only`).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from compressor.atomic import atomic_path
-from compressor.quant import QuantWrapper, as_input, is_dynamic, is_quantized
+from compressor.quant import QuantWrapper, as_input, is_dynamic, is_quantized, is_weight_only
 from compressor.targets.onnx_residuals import quantize_residual_adds
+from compressor.targets.onnx_weight_only import weight_only_matmuls
 
 OPSET = 17
 
@@ -54,6 +56,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
                              op_types_to_quantize=["MatMul", "Gemm"],  # what the stage quantized
                              reduce_range=getattr(model, "_reduce_range", False))
             proto = onnx.load(str(out))
+        elif is_weight_only(model):
+            proto = weight_only_matmuls(onnx.load(str(raw)), model)
         elif is_quantized(model):
             folded = Path(tmp) / "folded.onnx"
             _ort_basic_optimize(raw, folded)

@@ -18,7 +18,7 @@ from compressor.targets.onnx_export import OPSET, export_onnx
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
-                   "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention")
+                   "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "MatMulNBits")
 
 
 @dataclass
@@ -77,7 +77,7 @@ class OnnxRuntimeTarget:
     """ONNX Runtime engine (model.onnx): FP32, or INT8 Q/DQ run with integer kernels."""
 
     params: OnnxRuntimeParams
-    precisions = ("fp32", "int8", "int8_dynamic", "fp16")  # ONNX has no bf16 Conv: bf16 is for torch_export
+    precisions = ("fp32", "int8", "int8_dynamic", "int8_weight_only", "int4_weight_only", "fp16")  # ONNX has no bf16 Conv: bf16 is for torch_export
     suffixes = (".onnx",)
 
     def build(self, model: nn.Module, ctx: Context, out_dir: Path) -> OrtEngine:
@@ -91,7 +91,10 @@ class OnnxRuntimeTarget:
 
     @staticmethod
     def load(path: Path, provider: str = "cpu") -> OrtEngine:
-        ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-        precision = ("int8_dynamic" if "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops else
+        nodes = onnx.load(str(path), load_external_data=False).graph.node
+        ops = {n.op_type for n in nodes}
+        bits = next((a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"), None)
+        precision = (f"int{bits}_weight_only" if bits else
+                     "int8_dynamic" if "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops else
                      "int8" if "DequantizeLinear" in ops else "fp32")
         return OrtEngine(path, provider, precision=precision)
