@@ -153,7 +153,8 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
                 entry = {"name": step.slot, "kind": step.kind, "seconds": round(seconds, 3),
                          **snapshot(model, data, plan, device, score), "notes": ctx.notes}
                 ckpt = out_dir / "checkpoints" / f"{i}_{step.slot}" / "model.safetensors"
-                save_checkpoint(model, ckpt, plan.model, extra={"stage": step.slot, "kind": step.kind})
+                # a stage that swaps the architecture (student) names the new one in ctx.shared["model"]
+                save_checkpoint(model, ckpt, ctx.shared.get("model", plan.model), extra={"stage": step.slot, "kind": step.kind})
                 entry["checkpoint"] = str(ckpt.relative_to(out_dir))
                 report["stages"].append(entry)
                 log.info("stage %s (%s): %s in %.1fs", step.slot, step.kind, _brief(entry, plan), seconds)

@@ -51,10 +51,14 @@ def fit(
     device: torch.device | str = "cpu",
     progress=None,
     description: str = "train",
+    extra: nn.Module | None = None,
 ) -> list[float]:
-    """Train in place; returns the mean loss of each epoch."""
+    """Train in place; returns the mean loss of each epoch. `extra`: modules trained along
+    with the model but not part of it (distillation adapters)."""
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
+    if extra is not None:
+        params += list(extra.to(device).train().parameters())
     opt = make_optimizer(params, optimizer, lr, weight_decay)
     steps = max(1, epochs * len(loader))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine" else None

@@ -11,6 +11,18 @@ from compressor.params import parse_params
 from compressor.registry import MODELS
 
 
+def check_model_spec(section: dict[str, Any], key: str):
+    """(key, message) for each problem of a model spec inside a stage's params (a teacher, a
+    student), so that plan validation reports them before any work."""
+    try:
+        entry = MODELS.get(section.get("kind"), key=f"{key}.kind")
+    except UserError as e:
+        yield from ((p.key, p.message) for p in e.problems)
+        return
+    for problem in parse_params(entry.params, section, key)[1]:
+        yield problem.key, problem.message
+
+
 def build_model(section: dict[str, Any], load_weights: bool = True) -> nn.Module:
     entry = MODELS.get(section.get("kind"), key="model.kind")
     params, problems = parse_params(entry.params, section, "model")

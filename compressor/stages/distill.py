@@ -1,0 +1,143 @@
+"""Knowledge distillation on the shared training loop. The teacher is the model as it was before
+the pipeline (default) or any model spec. Losses:
+- logits: KL between temperature-softened teacher and student outputs (Hinton et al. 2015),
+  times T^2, mixed with hard-label cross-entropy by `alpha`;
+- outputs without labels (embeddings): `loss: mse` or `loss: cosine` on the outputs;
+- hints (FitNets): named student layers regress named teacher layers through learned adapters
+  (a 1x1 conv or a linear map), for stages that change widths."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.errors import UserError
+from compressor.interfaces import Context
+from compressor.params import one_of
+from compressor.training import OPTIMIZERS, SCHEDULES, fit
+
+LOSSES = ("kl", "mse", "cosine")
+
+
+@dataclass
+class DistillParams:
+    epochs: int = 5
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    loss: str = "kl"  # kl (logits, with labels mixed in) | mse | cosine (outputs, e.g. embeddings)
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the teacher's loss; 1 - alpha goes to the labels (kl only)
+    hints: dict = field(default_factory=dict)  # {student layer: teacher layer} feature distillation
+    hint_weight: float = 1.0
+    teacher: Optional[dict] = None  # a model spec (kind + params); None: the model before the pipeline
+
+    def check(self):
+        if self.epochs < 1:
+            yield "epochs", f"must be >= 1, got {self.epochs}"
+        if not self.lr > 0:
+            yield "lr", f"must be positive, got {self.lr}"
+        yield from one_of(self.optimizer, OPTIMIZERS, "optimizer")
+        yield from one_of(self.schedule, SCHEDULES, "schedule")
+        yield from one_of(self.loss, LOSSES, "loss")
+        if not self.temperature > 0:
+            yield "temperature", f"must be positive, got {self.temperature}"
+        if not 0 <= self.alpha <= 1:
+            yield "alpha", f"must be in [0, 1], got {self.alpha}"
+        if self.teacher is not None:
+            from compressor.models import check_model_spec
+
+            yield from check_model_spec(self.teacher, "teacher")
+
+
+def _outputs(out) -> torch.Tensor:
+    return getattr(out, "logits", out)
+
+
+@contextlib.contextmanager
+def _capture(model: nn.Module, names: list[str], key: str):
+    """Outputs of the named layers during each forward, in `store`."""
+    store: dict[str, torch.Tensor] = {}
+    layers = dict(model.named_modules())
+    hooks = []
+    for n in names:
+        if n not in layers:
+            raise UserError(f"no layer named '{n}'", key=key)
+        hooks.append(layers[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, _outputs(o))))
+    try:
+        yield store
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _adapter(s: torch.Tensor, t: torch.Tensor) -> nn.Module:
+    """Maps a student feature to the teacher's width: 1x1 conv for maps, linear otherwise."""
+    if s.dim() == 4:
+        return nn.Conv2d(s.shape[1], t.shape[1], 1)
+    return nn.Linear(s.shape[-1], t.shape[-1])
+
+
+def distill(student: nn.Module, teacher: nn.Module, p: DistillParams, ctx: Context, description: str = "distill"):
+    """Train `student` against `teacher` with the recipe's losses; returns the epoch losses."""
+    teacher = teacher.to(ctx.device).eval().requires_grad_(False)
+    labelled = ctx.data.labelled and p.loss == "kl"
+    alpha = p.alpha if labelled else 1.0
+    pairs = dict(p.hints)
+    adapters = nn.ModuleDict()
+    with _capture(student, list(pairs), "hints") as s_feats, _capture(teacher, list(pairs.values()), "hints") as t_feats:
+        if pairs:  # build the adapters from one forward of each model
+            x, _ = next(iter(ctx.data.train))
+            with torch.no_grad():
+                student.eval()(x.to(ctx.device))
+                teacher(x.to(ctx.device))
+            for i, (s, t) in enumerate(pairs.items()):
+                if s_feats[s].shape[2:] != t_feats[t].shape[2:]:
+                    raise UserError(f"student layer '{s}' gives {tuple(s_feats[s].shape[1:])}, teacher layer '{t}' "
+                                    f"{tuple(t_feats[t].shape[1:])}: only the channel count may differ", key="hints")
+                adapters[str(i)] = _adapter(s_feats[s], t_feats[t]).to(ctx.device)
+
+        def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = _outputs(model(x))
+            with torch.no_grad():
+                ref = _outputs(teacher(x))
+            if p.loss == "kl":
+                T = p.temperature
+                soft = F.kl_div(F.log_softmax(out / T, -1), F.softmax(ref / T, -1), reduction="batchmean") * T * T
+                loss = alpha * soft + ((1 - alpha) * F.cross_entropy(out, y) if alpha < 1 else 0.0)
+            elif p.loss == "mse":
+                loss = F.mse_loss(out, ref)
+            else:
+                loss = (1 - F.cosine_similarity(out.flatten(1), ref.flatten(1))).mean()
+            for i, (s, t) in enumerate(pairs.items()):
+                loss = loss + p.hint_weight * F.mse_loss(adapters[str(i)](s_feats[s]), t_feats[t])
+            return loss
+
+        return fit(student, ctx.data.train, p.epochs, lr=p.lr, optimizer=p.optimizer, weight_decay=p.weight_decay,
+                   schedule=p.schedule, loss_fn=loss_fn, device=ctx.device, progress=ctx.progress,
+                   description=description, extra=adapters)
+
+
+def teacher_for(p: DistillParams, ctx: Context) -> nn.Module:
+    if p.teacher is None:
+        return ctx.teacher
+    from compressor.models import build_model
+
+    return build_model(p.teacher)  # checked with the plan (check_model_spec)
+
+
+class Distill:
+    """Knowledge distillation from the model before the pipeline (or a given teacher)."""
+
+    params: DistillParams
+
+    def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
+        losses = distill(model, teacher_for(self.params, ctx), self.params, ctx)
+        ctx.notes.update(epoch_loss=[round(v, 5) for v in losses], loss=self.params.loss,
+                         labels_used=ctx.data.labelled and self.params.loss == "kl" and self.params.alpha < 1)
+        return model.eval()
