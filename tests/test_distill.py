@@ -11,7 +11,7 @@ from compressor.interfaces import Context
 from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
 from compressor.stages.distill import Distill, DistillParams
 from compressor.training import accuracy
-from conftest import load_report, run_dirs
+from conftest import cli, load_report, run_dirs
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +58,9 @@ def test_hint_layers_must_exist_and_match_in_space(data):
 
 
 @pytest.mark.slow
-def test_student_stage_reports_both_runs_and_its_checkpoint_rebuilds(tmp_path, cli_inproc):
-    proc = cli_inproc("run", "+stage@stages.student=student", "+stages.student.model={kind: digits_cnn, width: 8}",
-                      "stages.student.epochs=3", "stages.student.lr=0.003", "pipeline=[student]", "eval.max_drop=null")
+def test_student_stage_reports_both_runs_and_its_checkpoint_rebuilds(tmp_path):
+    proc = cli("run", "+stage@stages.student=student", "+stages.student.model={kind: digits_cnn, width: 8}",
+                      "stages.student.epochs=3", "stages.student.lr=0.003", "pipeline=[student]", "eval.max_drop=null", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run_dir = run_dirs(tmp_path)[-1]
     notes = load_report(run_dir)["stages"][0]["notes"]
