@@ -25,6 +25,11 @@ class StepPlan:
         return stage
 
 
+def calibrating_slots(steps: list[StepPlan]) -> list[str]:
+    """Slots whose stage calibrates on the data's calibration split (class attribute `calibrates`)."""
+    return [s.slot for s in steps if getattr(s.entry.obj, "calibrates", False)]
+
+
 @dataclass
 class Plan:
     recipe: str
@@ -99,7 +104,7 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
         if entry is not None:
             steps.append(StepPlan(slot, stages[slot]["kind"], entry, params))
     skipped = [s for s in stages if s not in pipeline]
-    calibrating = [s.slot for s in steps if getattr(s.entry.obj, "calibrates", False)]
+    calibrating = calibrating_slots(steps)
     size = (data_section or {}).get("calibration_size", 1) if isinstance(data_section, dict) else 1
     if calibrating and isinstance(size, int) and size < 1:
         problems.append(Problem("data.calibration_size", f"must be >= 1: stages.{calibrating[0]} calibrates on it, got {size}"))

@@ -24,7 +24,7 @@ from compressor.data import build_data
 from compressor.errors import UserError
 from compressor.interfaces import Context, DataSplits
 from compressor.models import build_model
-from compressor.plan import Plan
+from compressor.plan import Plan, calibrating_slots
 from compressor.registry import METRICS
 from compressor.report import write_outputs
 
@@ -118,7 +118,7 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
             data = build_data(plan.data, plan.seed)
             model = build_model(plan.model).to(device)
             _check_fits(model, data, device)
-            calibrating = [s.slot for s in plan.steps if getattr(s.entry.obj, "calibrates", False)]
+            calibrating = calibrating_slots(plan.steps)
             if calibrating and next(iter(data.calib), None) is None:
                 raise UserError(f"the calibration split is empty, and stages.{calibrating[0]} calibrates on it",
                                 key="data.calibration_size")

@@ -18,18 +18,15 @@ from torch import nn
 from compressor.errors import UserError
 from compressor.interfaces import Context
 from compressor.params import one_of
-from compressor.training import OPTIMIZERS, SCHEDULES, fit
+from compressor.stages.finetune import FinetuneParams
+from compressor.training import fit
 
 LOSSES = ("kl", "mse", "cosine")
 
 
 @dataclass
-class DistillParams:
+class DistillParams(FinetuneParams):  # the training settings, plus the distillation ones
     epochs: int = 5
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
     loss: str = "kl"  # kl (logits, with labels mixed in) | mse | cosine (outputs, e.g. embeddings)
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the teacher's loss; 1 - alpha goes to the labels (kl only)
@@ -38,12 +35,9 @@ class DistillParams:
     teacher: Optional[dict] = None  # a model spec (kind + params); None: the model before the pipeline
 
     def check(self):
-        if self.epochs < 1:
-            yield "epochs", f"must be >= 1, got {self.epochs}"
-        if not self.lr > 0:
-            yield "lr", f"must be positive, got {self.lr}"
-        yield from one_of(self.optimizer, OPTIMIZERS, "optimizer")
-        yield from one_of(self.schedule, SCHEDULES, "schedule")
+        yield from super().check()
+        if self.epochs == 0:
+            yield "epochs", "must be >= 1"
         yield from one_of(self.loss, LOSSES, "loss")
         if not self.temperature > 0:
             yield "temperature", f"must be positive, got {self.temperature}"
@@ -118,8 +112,7 @@ def distill(student: nn.Module, teacher: nn.Module, p: DistillParams, ctx: Conte
                 loss = loss + p.hint_weight * F.mse_loss(adapters[str(i)](s_feats[s]), t_feats[t])
             return loss
 
-        return fit(student, ctx.data.train, p.epochs, lr=p.lr, optimizer=p.optimizer, weight_decay=p.weight_decay,
-                   schedule=p.schedule, loss_fn=loss_fn, device=ctx.device, progress=ctx.progress,
+        return fit(student, ctx.data.train, p.epochs, **p.fit_options(), loss_fn=loss_fn, device=ctx.device, progress=ctx.progress,
                    description=description, extra=adapters)
 
 

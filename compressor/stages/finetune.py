@@ -26,6 +26,10 @@ class FinetuneParams:
         yield from one_of(self.optimizer, OPTIMIZERS, "optimizer")
         yield from one_of(self.schedule, SCHEDULES, "schedule")
 
+    def fit_options(self) -> dict:
+        """The training loop's settings, for every stage that trains with these params."""
+        return dict(lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay, schedule=self.schedule)
+
 
 class Finetune:
     """Fine-tune on the training split (cross-entropy), keeping pruned weights at zero."""
@@ -34,8 +38,7 @@ class Finetune:
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params
-        losses = fit(model, ctx.data.train, p.epochs, lr=p.lr, optimizer=p.optimizer,
-                     weight_decay=p.weight_decay, schedule=p.schedule, device=ctx.device,
+        losses = fit(model, ctx.data.train, p.epochs, **p.fit_options(), device=ctx.device,
                      progress=ctx.progress, description="finetune")
         ctx.notes["epoch_loss"] = [round(v, 5) for v in losses]
         return model.eval()

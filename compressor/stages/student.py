@@ -47,8 +47,7 @@ class Student:
                          epoch_loss=[round(v, 5) for v in losses], distilled_metric=ctx.evaluate(student))
         if p.compare_labels_only and ctx.data.labelled:
             torch.manual_seed(ctx.seed)
-            fit(initial, ctx.data.train, p.epochs, lr=p.lr, optimizer=p.optimizer, weight_decay=p.weight_decay,
-                schedule=p.schedule, device=ctx.device, progress=ctx.progress, description="student: labels only")
+            fit(initial, ctx.data.train, p.epochs, **p.fit_options(), device=ctx.device, progress=ctx.progress, description="student: labels only")
             ctx.notes["labels_only_metric"] = ctx.evaluate(initial.eval())
         ctx.shared["model"] = dict(p.model)  # checkpoints rebuild the student's architecture
         return student.eval()
