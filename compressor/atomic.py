@@ -31,10 +31,10 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, default=_default) + "\n")
+    return write_text(path, json.dumps(data, indent=2, default=json_default) + "\n")
 
 
-def _default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()
     if isinstance(o, Path):

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from compressor import distributed
 from compressor.errors import Problem, UserError
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_GATE = 0, 1, 2, 3
@@ -22,6 +25,7 @@ HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "
 HYDRA_INFO_FLAGS = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
 USAGE = """usage: compressor COMMAND ...
   run [RECIPE] [overrides] [-m]     run a recipe (default: the embedded digits recipe)
+  run resume=RUN_DIR                continue a killed run in its folder
   validate [RECIPE] [overrides]     compose and check everything, run nothing
   ls [stages|targets|models|datasets|metrics|recipes]
   bench PATH                        latency/throughput of a built engine
@@ -115,7 +119,23 @@ def check(ref, overrides: list[str], multirun: bool = False):
     return plans
 
 
-def _hydra_task(recipe_name: str):
+def resumed_run(run_dir: str):
+    """The recipe and overrides a run folder was made with (Hydra's .hydra/ record)."""
+    import yaml
+
+    from compressor.config import RecipeRef
+
+    folder = Path(run_dir).expanduser().resolve()
+    hydra_yaml, overrides_yaml = folder / ".hydra" / "hydra.yaml", folder / ".hydra" / "overrides.yaml"
+    if not hydra_yaml.is_file() or not overrides_yaml.is_file():
+        raise UserError(f"{run_dir} is not a run folder (no .hydra/hydra.yaml)", key="resume")
+    hydra_cfg = yaml.safe_load(hydra_yaml.read_text())["hydra"]
+    main = [c for c in hydra_cfg["runtime"]["config_sources"] if c["provider"] == "main"][0]
+    source = f"pkg://{main['path']}" if main["schema"] == "pkg" else main["path"]
+    return folder, RecipeRef(hydra_cfg["job"]["config_name"], source), list(yaml.safe_load(overrides_yaml.read_text()) or [])
+
+
+def _hydra_task(recipe_name: str, resume_dir: Path | None = None):
     def task(cfg):
         from hydra.core.hydra_config import HydraConfig
 
@@ -125,7 +145,7 @@ def _hydra_task(recipe_name: str):
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         log = logging.getLogger("compressor")
         try:
-            report = run(make_plan(cfg, recipe_name), out_dir, Console())
+            report = run(make_plan(cfg, recipe_name), out_dir, Console(quiet=not distributed.is_main()), resume_dir)
         except UserError as e:
             print_problems(e.problems)
             STATUSES.append("invalid")
@@ -137,6 +157,9 @@ def _hydra_task(recipe_name: str):
             first = (str(e).strip().splitlines() or [""])[0][:300]
             err.print(f"[red]error:[/] {type(e).__name__}: {first} (trace in {out_dir / 'compressor.log'})")
             STATUSES.append("error")
+            return None
+        if not distributed.is_main():  # a torchrun helper process: it trained its share, rank 0 reports
+            STATUSES.append("ok")
             return None
         STATUSES.append(report["status"])
         engine = report.get("engine") or {}
@@ -151,17 +174,35 @@ def cmd_run(argv: list[str]) -> int:
 
     from compressor.config import register_nodes, search_path_override
 
-    recipe, hydra_args, overrides = split_args(argv)
-    ref = resolve_ref(recipe, hydra_args)
+    resume = [a for a in argv if a.startswith("resume=")]
+    if resume:  # the same recipe and overrides, into the same folder
+        if len(argv) > 1:
+            raise UserError("resume=<run dir> takes the recipe and overrides from the run folder: give nothing else",
+                            key="resume")
+        resume_dir, ref, overrides = resumed_run(resume[0].split("=", 1)[1])
+        hydra_args = overrides + [f"hydra.run.dir='{resume_dir}'"]
+    else:
+        recipe, hydra_args, overrides = split_args(argv)
+        ref, resume_dir = resolve_ref(recipe, hydra_args), None
     multirun = "-m" in hydra_args or "--multirun" in hydra_args
     if not any(a in HYDRA_INFO_FLAGS for a in hydra_args):
         check(ref, overrides, multirun)
+    scratch = None
+    if not distributed.is_main():  # under torchrun only rank 0 writes: the others get a folder that is removed
+        scratch = tempfile.mkdtemp(prefix="compressor-rank")
+        hydra_args = [a for a in hydra_args if not a.startswith("hydra.run.dir=")] + \
+            [f"hydra.run.dir='{scratch}'", "hydra.output_subdir=null"]
     extra = [o for o in search_path_override(ref) if not any(a.startswith("hydra.searchpath") for a in hydra_args)]
     sys.argv = ["compressor"] + [a for a in hydra_args if a not in ("-cp", "--config-path") and
                                  a != _flag(hydra_args, "-cp", "--config-path")] + extra
     register_nodes()
     STATUSES.clear()
-    hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(_hydra_task(ref.name))()
+    try:
+        hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(_hydra_task(ref.name, resume_dir))()
+    finally:
+        distributed.shutdown()
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     if not STATUSES:
         return EXIT_OK  # --cfg / --info / --help
     if any(s in ("error",) for s in STATUSES):

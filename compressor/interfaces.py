@@ -3,6 +3,7 @@ context a stage receives. Plain Protocols and dataclasses; nothing to inherit.""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -45,6 +46,15 @@ class Context:
     seed: int = 0
     notes: dict[str, Any] = field(default_factory=dict)  # what a stage wants in the report
     shared: dict[str, Any] = field(default_factory=dict)  # what a stage leaves for later stages; not reset
+    score: Callable[[nn.Module], float | None] | None = None  # the recipe's metric, higher is better
+    train_dir: Path | None = None  # where the running stage's training keeps its resumable state
+
+    def training(self, name: str) -> dict[str, Any]:
+        """The run's side of `training.fit`: device, progress bar, early-stopping metric and a
+        resumable state file per named training run (a stage may train more than once)."""
+        state = self.train_dir / (re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") + ".safetensors") if self.train_dir else None
+        return dict(device=self.device, progress=self.progress, description=name, validate=self.score,
+                    state_path=state, seed=self.seed)
 
     @property
     def example_input(self) -> torch.Tensor:

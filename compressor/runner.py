@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from compressor import measure
-from compressor.checkpoint import save_checkpoint
+from compressor import distributed, measure
+from compressor.checkpoint import load_checkpoint, save_checkpoint
 from compressor.data import build_data
 from compressor.errors import UserError
 from compressor.interfaces import Context, DataSplits
@@ -27,6 +28,7 @@ from compressor.models import build_model
 from compressor.plan import Plan, calibrating_slots
 from compressor.registry import METRICS
 from compressor.report import write_outputs
+from compressor.state import load_state, rng_state, save_state, set_rng_state
 
 log = logging.getLogger("compressor")
 
@@ -103,13 +105,32 @@ def progress_bar(console: Console) -> Progress:
                     TimeElapsedColumn(), console=console, transient=True)
 
 
-def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, Any]:
-    """Run the plan, writing everything under `out_dir`. Returns the report."""
-    console = console or Console(stderr=True)
+def stage_dir(run_dir: Path, i: int, slot: str) -> Path:
+    return run_dir / "checkpoints" / f"{i}_{slot}"
+
+
+def completed_stages(run_dir: Path, plan: Plan) -> int:
+    """How many stages, from the first, a killed run finished (their record is written last)."""
+    done = 0
+    for i, step in enumerate(plan.steps, 1):
+        if not (stage_dir(run_dir, i, step.slot) / "stage.safetensors").is_file():
+            break
+        done = i
+    return done
+
+
+def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: Path | None = None) -> dict[str, Any]:
+    """Run the plan, writing everything under `out_dir` (rank 0 only, under torchrun). With
+    `resume_dir` (a killed run's folder), stages it finished are loaded, not run again, and a
+    training stage it was in continues from its last complete epoch."""
+    main = distributed.is_main()
+    console = console or Console(stderr=True, quiet=not main)
     out_dir = Path(out_dir)
+    read_dir = Path(resume_dir) if resume_dir is not None else out_dir
     started = time.perf_counter()
     seed_everything(plan.seed)
-    device = torch.device(plan.device)
+    device = distributed.device_for(torch.device(plan.device))
+    distributed.init(device)
     report: dict[str, Any] = {"recipe": plan.recipe, "status": "error", "baseline": None, "stages": [],
                               "engine": None, "gates": {}, "skipped": plan.skipped, "seconds": 0.0}
     try:
@@ -137,11 +158,20 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
             log.info("baseline: %s", _brief(report["baseline"], plan))
             progress.advance(overall)
             teacher = copy.deepcopy(model).eval().requires_grad_(False)
+            evaluate = lambda m: score(measure.predict_torch(m, device))  # noqa: E731
             ctx = Context(data=data, device=device, teacher=teacher, log=log, progress=progress, seed=plan.seed,
-                          evaluate=lambda m: score(measure.predict_torch(m, device)))
+                          evaluate=evaluate, score=_scorer(plan, evaluate))
+            done = completed_stages(read_dir, plan) if resume_dir is not None else 0
+            if done:
+                model = _resume(read_dir, plan, done, ctx, report).to(device)
+                log.info("resumed %s after stage %d (%s)", read_dir, done, plan.steps[done - 1].slot)
+                progress.advance(overall, done)
             for i, step in enumerate(plan.steps, 1):
+                if i <= done:
+                    continue
                 progress.update(overall, description=f"stage {step.slot} ({step.kind})")
                 ctx.notes = {}
+                ctx.train_dir = stage_dir(read_dir, i, step.slot) / "train"
                 t = time.perf_counter()
                 try:
                     model = step.build().apply(model, ctx)
@@ -152,13 +182,19 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
                 seconds = time.perf_counter() - t
                 entry = {"name": step.slot, "kind": step.kind, "seconds": round(seconds, 3),
                          **snapshot(model, data, plan, device, score), "notes": ctx.notes}
-                ckpt = out_dir / "checkpoints" / f"{i}_{step.slot}" / "model.safetensors"
-                # a stage that swaps the architecture (student) names the new one in ctx.shared["model"]
-                save_checkpoint(model, ckpt, ctx.shared.get("model", plan.model), extra={"stage": step.slot, "kind": step.kind})
+                ckpt = stage_dir(out_dir, i, step.slot) / "model.safetensors"
                 entry["checkpoint"] = str(ckpt.relative_to(out_dir))
                 report["stages"].append(entry)
+                if main:
+                    # a stage that swaps the architecture (student) names the new one in ctx.shared["model"]
+                    save_checkpoint(model, ckpt, ctx.shared.get("model", plan.model), extra={"stage": step.slot, "kind": step.kind})
+                    save_state(ckpt.with_name("stage.safetensors"),  # last: its presence means the stage is complete
+                               {"entry": entry, "shared": ctx.shared, "rng": rng_state(data.train.generator)})
+                    shutil.rmtree(ctx.train_dir, ignore_errors=True)
                 log.info("stage %s (%s): %s in %.1fs", step.slot, step.kind, _brief(entry, plan), seconds)
                 progress.advance(overall)
+            if not main:  # the other processes only help train
+                return report
 
             progress.update(overall, description=f"target {plan.target_kind}")
             target = plan.build_target()
@@ -191,8 +227,32 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None) -> dict[str, 
         raise
     finally:
         report["seconds"] = round(time.perf_counter() - started, 3)
-        write_outputs(report, plan, out_dir, console)
+        if main:
+            write_outputs(report, plan, out_dir, console)
     return report
+
+
+def _resume(run_dir: Path, plan: Plan, done: int, ctx: Context, report: dict[str, Any]) -> nn.Module:
+    """The model after stage `done` of a killed run, with the report entries, the state stages
+    left for later ones and the random generators as they were then."""
+    for i, step in enumerate(plan.steps[:done], 1):
+        record = load_state(stage_dir(run_dir, i, step.slot) / "stage.safetensors")
+        report["stages"].append(record["entry"])
+        ctx.shared = record["shared"]
+    set_rng_state(record["rng"], ctx.data.train.generator)
+    report["resumed_after_stage"] = plan.steps[done - 1].slot
+    return load_checkpoint(stage_dir(run_dir, done, plan.steps[done - 1].slot) / "model.safetensors")
+
+
+def _scorer(plan: Plan, evaluate):
+    """The recipe's metric as one number where higher is better (early stopping), or None."""
+    sign = -1.0 if getattr(METRICS.get(plan.eval.metric).obj, "lower_is_better", False) else 1.0
+
+    def score(model: nn.Module) -> float | None:
+        value = evaluate(model).get(plan.eval.metric)
+        return None if value is None else sign * value
+
+    return score
 
 
 def _check_fits(model: nn.Module, data: DataSplits, device: torch.device) -> None:

@@ -78,7 +78,7 @@ def _adapter(s: torch.Tensor, t: torch.Tensor) -> nn.Module:
 
 
 def distill(student: nn.Module, teacher: nn.Module, p: DistillParams, ctx: Context, description: str = "distill"):
-    """Train `student` against `teacher` with the recipe's losses; returns the epoch losses."""
+    """Train `student` against `teacher` with the recipe's losses; returns the loop's FitResult."""
     teacher = teacher.to(ctx.device).eval().requires_grad_(False)
     labelled = ctx.data.labelled and p.loss == "kl"
     alpha = p.alpha if labelled else 1.0
@@ -112,8 +112,8 @@ def distill(student: nn.Module, teacher: nn.Module, p: DistillParams, ctx: Conte
                 loss = loss + p.hint_weight * F.mse_loss(adapters[str(i)](s_feats[s]), t_feats[t])
             return loss
 
-        return fit(student, ctx.data.train, p.epochs, **p.fit_options(), loss_fn=loss_fn, device=ctx.device, progress=ctx.progress,
-                   description=description, extra=adapters)
+        return fit(student, ctx.data.train, p.epochs, **p.fit_options(), loss_fn=loss_fn, extra=adapters,
+                   **ctx.training(description))
 
 
 def teacher_for(p: DistillParams, ctx: Context) -> nn.Module:
@@ -130,7 +130,7 @@ class Distill:
     params: DistillParams
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
-        losses = distill(model, teacher_for(self.params, ctx), self.params, ctx)
-        ctx.notes.update(epoch_loss=[round(v, 5) for v in losses], loss=self.params.loss,
+        result = distill(model, teacher_for(self.params, ctx), self.params, ctx)
+        ctx.notes.update(result.notes(), loss=self.params.loss,
                          labels_used=ctx.data.labelled and self.params.loss == "kl" and self.params.alpha < 1)
         return model.eval()

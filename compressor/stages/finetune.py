@@ -7,7 +7,7 @@ from torch import nn
 
 from compressor.interfaces import Context
 from compressor.params import one_of
-from compressor.training import OPTIMIZERS, SCHEDULES, fit
+from compressor.training import AMP, OPTIMIZERS, SCHEDULES, fit
 
 
 @dataclass
@@ -17,6 +17,9 @@ class FinetuneParams:
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    accumulate: int = 1  # batches per optimizer step (gradient accumulation)
+    amp: str = "auto"  # mixed precision: auto (bf16/fp16 on CUDA, off on CPU) | off | fp16 | bf16
+    patience: int = 0  # early stopping: epochs without a better validation metric; 0 = off
 
     def check(self):
         if self.epochs < 0:
@@ -25,10 +28,16 @@ class FinetuneParams:
             yield "lr", f"must be positive, got {self.lr}"
         yield from one_of(self.optimizer, OPTIMIZERS, "optimizer")
         yield from one_of(self.schedule, SCHEDULES, "schedule")
+        yield from one_of(self.amp, AMP, "amp")
+        if self.accumulate < 1:
+            yield "accumulate", f"must be >= 1, got {self.accumulate}"
+        if self.patience < 0:
+            yield "patience", f"must be >= 0, got {self.patience}"
 
     def fit_options(self) -> dict:
         """The training loop's settings, for every stage that trains with these params."""
-        return dict(lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay, schedule=self.schedule)
+        return dict(lr=self.lr, optimizer=self.optimizer, weight_decay=self.weight_decay, schedule=self.schedule,
+                    accumulate=self.accumulate, amp=self.amp, patience=self.patience)
 
 
 class Finetune:
@@ -38,7 +47,5 @@ class Finetune:
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params
-        losses = fit(model, ctx.data.train, p.epochs, **p.fit_options(), device=ctx.device,
-                     progress=ctx.progress, description="finetune")
-        ctx.notes["epoch_loss"] = [round(v, 5) for v in losses]
+        ctx.notes.update(fit(model, ctx.data.train, p.epochs, **p.fit_options(), **ctx.training("finetune")).notes())
         return model.eval()

@@ -147,8 +147,8 @@ class PruneStructured:
                 sync_attention(model)
                 model.zero_grad(set_to_none=True)
                 if p.finetune_epochs:
-                    fit(model, ctx.data.train, p.finetune_epochs, lr=p.lr, device=ctx.device,
-                        progress=ctx.progress, description=f"prune step {step + 1}/{p.steps}: finetune")
+                    fit(model, ctx.data.train, p.finetune_epochs, lr=p.lr,
+                        **ctx.training(f"prune step {step + 1}/{p.steps}: finetune"))
                     model.eval()
         except UserError:
             raise

@@ -86,8 +86,8 @@ class QuantizeExperimental:
         for name in chosen:
             parametrize.register_parametrization(model.get_submodule(name), "weight", _StraightThrough(p.scheme, p.bits))
         if p.epochs:
-            fit(model, ctx.data.train, p.epochs, lr=p.lr, device=ctx.device, progress=ctx.progress,
-                description=f"{p.scheme} weights: straight-through fine-tuning")
+            # amp off: the quantization grid is simulated in float32, half precision would blur it
+            fit(model, ctx.data.train, p.epochs, lr=p.lr, amp="off", **ctx.training(f"{p.scheme} weights: straight-through fine-tuning"))
         for name in chosen:  # bake the grid values in (exactly: w + (q - w) is not q in floats)
             m = model.get_submodule(name)
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)

@@ -44,9 +44,9 @@ class QuantizeQAT:
         if p.learn_scales:
             for w in wrappers:
                 w.enable_lsq()
-        losses = fit(model, ctx.data.train, p.epochs, lr=p.lr, device=ctx.device, progress=ctx.progress,
-                     description="quantization-aware training")
+        # amp off: the quantization grid is simulated in float32, half precision would blur it
+        result = fit(model, ctx.data.train, p.epochs, lr=p.lr, amp="off", **ctx.training("quantization-aware training"))
         for w in wrappers:
             w.freeze()
-        ctx.notes["epoch_loss"] = [round(v, 5) for v in losses]
+        ctx.notes.update(result.notes())
         return model.eval()

@@ -42,12 +42,12 @@ class Student:
         initial = copy.deepcopy(student)  # the same start for the labels-only comparison
         teacher = model if p.teacher is None else teacher_for(p, ctx)  # default: the model as it is now
         torch.manual_seed(ctx.seed)
-        losses = distill(student, teacher, p, ctx, description="student: distill")
-        ctx.notes.update(student=p.model, params_ratio=round(count_params(student) / count_params(model), 4),
-                         epoch_loss=[round(v, 5) for v in losses], distilled_metric=ctx.evaluate(student))
+        result = distill(student, teacher, p, ctx, description="student: distill")
+        ctx.notes.update(result.notes(), student=p.model, distilled_metric=ctx.evaluate(student),
+                         params_ratio=round(count_params(student) / count_params(model), 4))
         if p.compare_labels_only and ctx.data.labelled:
             torch.manual_seed(ctx.seed)
-            fit(initial, ctx.data.train, p.epochs, **p.fit_options(), device=ctx.device, progress=ctx.progress, description="student: labels only")
+            fit(initial, ctx.data.train, p.epochs, **p.fit_options(), **ctx.training("student: labels only"))
             ctx.notes["labels_only_metric"] = ctx.evaluate(initial.eval())
         ctx.shared["model"] = dict(p.model)  # checkpoints rebuild the student's architecture
         return student.eval()
