@@ -26,6 +26,7 @@ bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/pruning.py
 	$(BIN)/python bench/quantization.py
+	$(BIN)/python bench/rewrites.py
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

@@ -9,7 +9,7 @@ def register() -> None:
     from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
     from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8, quantize_qat
     from compressor.stages import quantize_dynamic, quantize_experimental, quantize_float, quantize_weight_only
-    from compressor.stages import distill, prune_layers, prune_nm, sensitivity, student
+    from compressor.stages import depthwise, distill, lowrank, prune_layers, prune_nm, sensitivity, student
     from compressor.targets import onnxruntime
 
     STAGES.add("prune_magnitude", prune_magnitude.PruneMagnitude, prune_magnitude.PruneMagnitudeParams)
@@ -20,6 +20,8 @@ def register() -> None:
     STAGES.add("finetune", finetune.Finetune, finetune.FinetuneParams)
     STAGES.add("distill", distill.Distill, distill.DistillParams)
     STAGES.add("student", student.Student, student.StudentParams)
+    STAGES.add("lowrank", lowrank.LowRank, lowrank.LowRankParams)
+    STAGES.add("depthwise", depthwise.Depthwise, depthwise.DepthwiseParams)
     STAGES.add("quantize_int8", quantize_int8.QuantizeInt8, quantize_int8.QuantizeInt8Params)
     STAGES.add("quantize_qat", quantize_qat.QuantizeQAT, quantize_qat.QuantizeQATParams)
     STAGES.add("quantize_dynamic", quantize_dynamic.QuantizeDynamic, quantize_dynamic.QuantizeDynamicParams)

@@ -2,7 +2,7 @@
 
 No pickles. The metadata holds the model's recipe entry (registry kind + params) and a
 spec of every layer whose shape or type a stage changed (pruned channels, quantization
-wrappers, removed blocks), plus each module's plain scalar attributes (attention head counts).
+wrappers, factorised pairs, removed blocks), plus each module's plain scalar attributes (attention head counts).
 Loading builds the model from its recipe entry, swaps in the changed layers from a fixed
 table of module types, restores the scalars, then loads the weights strictly.
 Nothing in the metadata can name code to import.
@@ -20,6 +20,7 @@ from torch import nn
 
 from compressor.atomic import atomic_path
 from compressor.errors import UserError
+from compressor.factorized import Factorized
 from compressor.quant import QuantWrapper, WeightOnly, float_dtype
 
 FORMAT = "compressor-checkpoint/1"
@@ -47,6 +48,9 @@ def module_spec(m: nn.Module) -> dict[str, Any] | None:
     if isinstance(m, WeightOnly):
         return {"type": "WeightOnly", "bits": m.bits, "group_size": m.group_size, "symmetric": m.symmetric,
                 "inner": module_spec(m.inner)}
+    if isinstance(m, Factorized):  # a lowrank or depthwise pair: the spec of each layer, in order
+        layers = [module_spec(c) for c in m]
+        return None if None in layers else {"type": "Factorized", "layers": layers}
     name = type(m).__name__
     if name not in MODULE_TYPES or type(m) is not MODULE_TYPES[name][0]:
         return None
@@ -67,6 +71,8 @@ def build_module(spec: dict[str, Any]) -> nn.Module:
     if kind == "WeightOnly":
         return WeightOnly(build_module(spec["inner"]), bits=int(spec["bits"]), group_size=int(spec["group_size"]),
                           symmetric=bool(spec["symmetric"]))
+    if kind == "Factorized":
+        return Factorized(*[build_module(s) for s in spec["layers"]])
     if kind not in MODULE_TYPES:
         raise UserError(f"checkpoint names unknown layer type {kind!r}", key="checkpoint")
     cls, attrs = MODULE_TYPES[kind]
@@ -84,7 +90,7 @@ def layer_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
         spec = module_spec(m)
         if spec is not None:
             specs[name] = spec
-            if isinstance(m, (QuantWrapper, WeightOnly)):
+            if isinstance(m, (QuantWrapper, WeightOnly, Factorized)):  # their spec holds their children's
                 skip = tuple(list(skip) + [name + "."])
     return specs
 
