@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from compressor import distributed
@@ -38,7 +39,7 @@ STATUSES: list[str] = []  # one per job Hydra ran in this process
 
 def print_problems(problems: list[Problem]) -> None:
     for p in problems:
-        err.print(f"[red]error:[/] {p}", markup=True, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(p))}", markup=True, soft_wrap=True)  # a message may hold [brackets]
 
 
 def split_args(argv: list[str]):
@@ -129,10 +130,14 @@ def resumed_run(run_dir: str):
     hydra_yaml, overrides_yaml = folder / ".hydra" / "hydra.yaml", folder / ".hydra" / "overrides.yaml"
     if not hydra_yaml.is_file() or not overrides_yaml.is_file():
         raise UserError(f"{run_dir} is not a run folder (no .hydra/hydra.yaml)", key="resume")
-    hydra_cfg = yaml.safe_load(hydra_yaml.read_text())["hydra"]
-    main = [c for c in hydra_cfg["runtime"]["config_sources"] if c["provider"] == "main"][0]
+    try:
+        hydra_cfg = yaml.safe_load(hydra_yaml.read_text())["hydra"]
+        main = [c for c in hydra_cfg["runtime"]["config_sources"] if c["provider"] == "main"][0]
+        name = hydra_cfg["job"]["config_name"]
+    except (KeyError, IndexError, TypeError) as e:
+        raise UserError(f"{run_dir}/.hydra/hydra.yaml does not say which recipe made the run", key="resume") from e
     source = f"pkg://{main['path']}" if main["schema"] == "pkg" else main["path"]
-    return folder, RecipeRef(hydra_cfg["job"]["config_name"], source), list(yaml.safe_load(overrides_yaml.read_text()) or [])
+    return folder, RecipeRef(name, source), list(yaml.safe_load(overrides_yaml.read_text()) or [])
 
 
 def _hydra_task(recipe_name: str, resume_dir: Path | None = None):

@@ -49,7 +49,6 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "cpu"
-    resume: Optional[str] = None
 
 
 # group in the config tree -> registry whose entries fill it

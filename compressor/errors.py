@@ -23,7 +23,10 @@ class UserError(Exception):
         elif isinstance(problems, Problem):
             problems = [problems]
         self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        super().__init__()
+
+    def __str__(self) -> str:  # from the problems as they are now: the runner prefixes stage keys later
+        return "\n".join(str(p) for p in self.problems)
 
 
 def did_you_mean(word: str, choices) -> str:

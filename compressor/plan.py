@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -44,7 +44,6 @@ class Plan:
     eval: EvalConfig
     seed: int = 0
     device: str = "cpu"
-    resume: Optional[str] = None
     config: dict[str, Any] = field(default_factory=dict)  # the whole resolved recipe
 
     def build_target(self):
@@ -158,7 +157,7 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
     container = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
                  for k, v in cfg.items_ex(resolve=False) if k != "hydra"}
     return Plan(recipe, model_section, data_section, steps, skipped, target_section["kind"], target_entry,
-                target_params, precision, ev, int(cfg.seed), device, cfg.get("resume"), container)
+                target_params, precision, ev, int(cfg.seed), device, container)
 
 
 def _target_checks(entry: Entry, params: Any) -> list[Problem]:

@@ -69,8 +69,33 @@ def print_table(report: dict[str, Any], console: Console) -> None:
     for name, g in report.get("gates", {}).items():
         mark = "[green]passed[/]" if g["passed"] else "[red]FAILED[/]"
         console.print(f"gate {name}: {g['value']} (limit {g['limit']}) {mark}")
-    if report.get("error"):
-        console.print(f"[red]error:[/] {report['error']}")
+    for line in training_lines(report):
+        console.print(line, markup=False)
+    # an error is printed once, by the command line, after this table
+
+
+def training_lines(report: dict[str, Any]) -> list[str]:
+    """One line per training stage: epochs, throughput, and what the loop did (resumed, stopped
+    early, mixed precision, processes); for a student, distilled vs labels-only."""
+    lines, metric = [], next(iter((report.get("baseline") or {}).get("metric") or {}), None)
+    for st in report.get("stages", []):
+        n = st.get("notes") or {}
+        if "epoch_loss" in n:
+            done = [f"{len(n['epoch_loss'])} epochs", f"{n.get('samples_per_s', 0):,.0f} samples/s"]
+            if "amp" in n:
+                done.append(f"amp {n['amp']}")
+            if "world_size" in n:
+                done.append(f"{n['world_size']} processes")
+            if "resumed_from_epoch" in n:
+                done.append(f"resumed after epoch {n['resumed_from_epoch']}")
+            if n.get("best_epoch"):
+                done.append(f"kept epoch {n['best_epoch']}" + (" (stopped early)" if n.get("stopped_early") else ""))
+            lines.append(f"training {st['name']}: " + ", ".join(done))
+        if metric and metric in (n.get("labels_only_metric") or {}):
+            d, lo = n["distilled_metric"][metric], n["labels_only_metric"][metric]
+            lines.append(f"distillation {st['name']}: {metric} {d:.4f} distilled vs {lo:.4f} on labels alone "
+                         f"(same student, seed and epochs): {100 * (d - lo):+.2f} points")
+    return lines
 
 
 def markdown(report: dict[str, Any], plot: str | None) -> str:
@@ -92,6 +117,8 @@ def markdown(report: dict[str, Any], plot: str | None) -> str:
                   f"top-1 agreement {e['parity'].get('agreement')}"]
         if e.get("notes", {}).get("kernels"):
             lines.append(f"- kernels ONNX Runtime runs: {e['notes']['kernels']}")
+    if training_lines(report):
+        lines += ["", "## Training", ""] + [f"- {line}" for line in training_lines(report)]
     if report.get("skipped"):
         lines += ["", f"Skipped (not in `pipeline`): {', '.join(report['skipped'])}"]
     if report.get("error"):

@@ -183,3 +183,12 @@ def test_two_cpu_processes_under_torchrun(tmp_path):
     assert report["stages"][0]["metric"]["top1"] > 0.97
     assert json.loads((dirs[0] / "manifest.json").read_text())
     assert Path(dirs[0] / "compressor.log").is_file()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: mixed precision runs on CUDA only")
+def test_distillation_runs_with_mixed_precision_on_cuda(tmp_path):
+    proc = cli("run", "digits_student", "pipeline=[student]", "device=cuda", "stages.student.epochs=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    notes = load_report(run_dirs(tmp_path)[0])["stages"][0]["notes"]
+    assert notes["amp"] in ("bf16", "fp16") and notes["samples_per_s"] > 0
+    assert notes["distilled_metric"]["top1"] > 0.9

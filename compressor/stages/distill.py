@@ -33,6 +33,9 @@ class DistillParams(FinetuneParams):  # the training settings, plus the distilla
     hints: dict = field(default_factory=dict)  # {student layer: teacher layer} feature distillation
     hint_weight: float = 1.0
     teacher: Optional[dict] = None  # a model spec (kind + params); None: the model before the pipeline
+    # > 0: teacher and student see the same mixup of two inputs, mixed by Beta(mixup, mixup)
+    # ("function matching", Beyer et al. 2022): the teacher labels inputs the data does not have
+    mixup: float = 0.0
 
     def check(self):
         yield from super().check()
@@ -43,6 +46,8 @@ class DistillParams(FinetuneParams):  # the training settings, plus the distilla
             yield "temperature", f"must be positive, got {self.temperature}"
         if not 0 <= self.alpha <= 1:
             yield "alpha", f"must be in [0, 1], got {self.alpha}"
+        if self.mixup < 0:
+            yield "mixup", f"must be >= 0 (0: off), got {self.mixup}"
         if self.teacher is not None:
             from compressor.models import check_model_spec
 
@@ -97,13 +102,21 @@ def distill(student: nn.Module, teacher: nn.Module, p: DistillParams, ctx: Conte
                 adapters[str(i)] = _adapter(s_feats[s], t_feats[t]).to(ctx.device)
 
         def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            lam, perm = 1.0, None
+            if p.mixup > 0 and x.is_floating_point():  # token ids cannot be mixed
+                lam = float(torch.distributions.Beta(p.mixup, p.mixup).sample())
+                perm = torch.randperm(len(x), device=x.device)
+                x = lam * x + (1 - lam) * x[perm]
             out = _outputs(model(x))
             with torch.no_grad():
                 ref = _outputs(teacher(x))
             if p.loss == "kl":
                 T = p.temperature
                 soft = F.kl_div(F.log_softmax(out / T, -1), F.softmax(ref / T, -1), reduction="batchmean") * T * T
-                loss = alpha * soft + ((1 - alpha) * F.cross_entropy(out, y) if alpha < 1 else 0.0)
+                hard = 0.0
+                if alpha < 1:
+                    hard = lam * F.cross_entropy(out, y) + (F.cross_entropy(out, y[perm]) * (1 - lam) if perm is not None else 0.0)
+                loss = alpha * soft + (1 - alpha) * hard
             elif p.loss == "mse":
                 loss = F.mse_loss(out, ref)
             else:
