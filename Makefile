@@ -3,16 +3,20 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# First-party plugins (separate distributions, registered through their entry points), installed
+# without their optional heavy runtimes (TensorRT) so that CI sees them registered.
+PLUGINS := plugins/compressor-tensorrt
 
 .PHONY: setup run test bench clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements-ci.txt pyproject.toml
+$(STAMP): requirements-ci.txt pyproject.toml $(PLUGINS:%=%/pyproject.toml)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-ci.txt
 	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e .
+	for p in $(PLUGINS); do $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e $$p || exit 1; done
 	touch $(STAMP)
 
 run: setup
@@ -26,6 +30,8 @@ bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/pruning.py
 	$(BIN)/python bench/quantization.py
+	$(BIN)/python bench/distillation.py
+	$(BIN)/python bench/targets.py
 	$(BIN)/python bench/rewrites.py
 
 clean:

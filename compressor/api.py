@@ -53,8 +53,11 @@ def load_engine(path: str | Path):
     """A callable engine for any built artifact (file, engine folder, or run folder)."""
     path = Path(path)
     if path.is_dir():
+        readable = {s for name in TARGETS.names() for s in getattr(TARGETS.get(name).obj, "suffixes", ())}
         candidates = [p for p in sorted((path / "engine").glob("*") if (path / "engine").is_dir() else path.glob("*"))
                       if p.is_file()]
+        # the file a target reads, not its companions (OpenVINO's model.bin sorts before model.xml)
+        candidates = [p for p in candidates if p.suffix in readable] or candidates
         report = path / "report.json"
         if report.is_file():
             engine = json.loads(report.read_text()).get("engine") or {}

@@ -10,7 +10,7 @@ def register() -> None:
     from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8, quantize_qat
     from compressor.stages import quantize_dynamic, quantize_experimental, quantize_float, quantize_weight_only
     from compressor.stages import depthwise, distill, lowrank, prune_layers, prune_nm, sensitivity, student
-    from compressor.targets import onnxruntime
+    from compressor.targets import onnxruntime, openvino, torch_export
 
     STAGES.add("prune_magnitude", prune_magnitude.PruneMagnitude, prune_magnitude.PruneMagnitudeParams)
     STAGES.add("prune_structured", prune_structured.PruneStructured, prune_structured.PruneStructuredParams)
@@ -33,6 +33,8 @@ def register() -> None:
     STAGES.add("quantize_bf16", quantize_float.QuantizeBF16, quantize_float.QuantizeFloatParams)
 
     TARGETS.add("onnxruntime", onnxruntime.OnnxRuntimeTarget, onnxruntime.OnnxRuntimeParams)
+    TARGETS.add("torch_export", torch_export.TorchExportTarget, torch_export.TorchExportParams)
+    TARGETS.add("openvino", openvino.OpenVinoTarget, openvino.OpenVinoParams)
 
     MODELS.add("digits_cnn", digits_cnn.build, digits_cnn.DigitsCNNParams)
     MODELS.add("torchvision", torchvision_zoo.build, torchvision_zoo.TorchvisionParams)

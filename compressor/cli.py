@@ -160,7 +160,8 @@ def _hydra_task(recipe_name: str, resume_dir: Path | None = None):
                 raise
             log.error("run failed:\n%s", traceback.format_exc())
             first = (str(e).strip().splitlines() or [""])[0][:300]
-            err.print(f"[red]error:[/] {type(e).__name__}: {first} (trace in {out_dir / 'compressor.log'})")
+            line = f"{type(e).__name__}: {first} (trace in {out_dir / 'compressor.log'})"
+            err.print(f"[red]error:[/] {escape(line)}")
             STATUSES.append("error")
             return None
         if not distributed.is_main():  # a torchrun helper process: it trained its share, rank 0 reports
@@ -229,7 +230,8 @@ def cmd_validate(argv: list[str]) -> int:
         out.print(f"  run     {i}. {s.slot} ({s.kind})")
     for s in plan.skipped:
         out.print(f"  skip    {s} (not in pipeline)")
-    out.print(f"  target  {plan.target_kind} ({plan.precision})")
+    for t in plan.targets:
+        out.print(f"  target  {t.kind} ({plan.precision})")
     gates = [f"{plan.eval.metric} drop <= {plan.eval.max_drop}" if plan.eval.max_drop is not None else None,
              f"speedup >= {plan.eval.min_speedup}" if plan.eval.min_speedup is not None else None]
     out.print(f"  gates   {', '.join(g for g in gates if g) or 'parity only'}")

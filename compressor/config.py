@@ -46,6 +46,7 @@ class RecipeConfig:
     stages: Dict[str, Any] = field(default_factory=dict)
     pipeline: List[str] = field(default_factory=list)
     target: Any = None
+    targets: List[Any] = field(default_factory=list)  # several engines in one run: [onnxruntime, openvino]
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     device: str = "cpu"

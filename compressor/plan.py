@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from compressor.config import EvalConfig
 from compressor.errors import Problem, UserError, did_you_mean
@@ -37,18 +37,23 @@ class Plan:
     data: dict[str, Any]
     steps: list[StepPlan]
     skipped: list[str]
-    target_kind: str
-    target_entry: Entry
-    target_params: Any
+    targets: list["TargetPlan"]  # the engines to build, in order; the first is the report's `engine`
     precision: str
     eval: EvalConfig
     seed: int = 0
     device: str = "cpu"
     config: dict[str, Any] = field(default_factory=dict)  # the whole resolved recipe
 
-    def build_target(self):
-        target = self.target_entry.obj()
-        target.params = self.target_params
+
+@dataclass
+class TargetPlan:
+    kind: str
+    entry: Entry
+    params: Any
+
+    def build(self):
+        target = self.entry.obj()
+        target.params = self.params
         return target
 
 
@@ -56,7 +61,7 @@ def _section(cfg: DictConfig, key: str) -> dict[str, Any] | None:
     node = OmegaConf.select(cfg, key, throw_on_missing=False)
     if node is None:
         return None
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
 def _component(registry, section, key: str, problems: list[Problem]) -> tuple[Entry | None, Any]:
@@ -108,26 +113,36 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
     if calibrating and isinstance(size, int) and size < 1:
         problems.append(Problem("data.calibration_size", f"must be >= 1: stages.{calibrating[0]} calibrates on it, got {size}"))
 
-    target_section = _section(cfg, "target")
-    target_entry, target_params = _component(TARGETS, target_section, "target", problems)
     produced = "fp32"
     for step in steps:
         produced = getattr(step.entry.obj, "precision", produced)
         if callable(produced):  # a stage whose output precision depends on its params
             produced = produced(step.params)
     precision = produced
-    if target_entry is not None and target_params is not None:
-        wanted = getattr(target_params, "precision", "auto")
-        supported = getattr(target_entry.obj, "precisions", ("fp32",))
+    listed = _section(cfg, "targets") or []
+    # `targets: [onnxruntime, {kind: openvino, threads: 4}]` replaces `target`: one engine each
+    sections = [(f"targets[{i}]", {"kind": t} if isinstance(t, str) else t) for i, t in enumerate(listed)] \
+        or [("target", _section(cfg, "target"))]
+    targets = []
+    for key, section in sections:
+        entry, params = _component(TARGETS, section, key, problems)
+        if entry is None or params is None:
+            continue
+        if any(t.kind == section["kind"] for t in targets):
+            problems.append(Problem(key, f"target '{section['kind']}' is listed twice"))
+            continue
+        wanted = getattr(params, "precision", "auto")
+        supported = getattr(entry.obj, "precisions", ("fp32",))
         if wanted not in ("auto", produced):
-            problems.append(Problem("target.precision", f"{wanted} needs a pipeline that leaves {wanted} weights, "
+            problems.append(Problem(f"{key}.precision", f"{wanted} needs a pipeline that leaves {wanted} weights, "
                                                         f"but this pipeline leaves {produced}"))
         elif produced not in supported:
-            problems.append(Problem("target.precision", f"target '{target_section['kind']}' cannot run {produced} "
+            problems.append(Problem(f"{key}.precision", f"target '{section['kind']}' cannot run {produced} "
                                                         f"(it runs {', '.join(supported)})"))
-        if hasattr(target_params, "precision"):
-            target_params.precision = produced
-        problems += _target_checks(target_entry, target_params)
+        if hasattr(params, "precision"):
+            params.precision = produced
+        problems += _target_checks(entry, params, key)
+        targets.append(TargetPlan(section["kind"], entry, params))
 
     ev = OmegaConf.to_object(cfg.eval) if "eval" in cfg else EvalConfig()
     for i, name in enumerate([ev.metric] + list(ev.extra_metrics)):
@@ -156,11 +171,11 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
         raise UserError(problems)
     container = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
                  for k, v in cfg.items_ex(resolve=False) if k != "hydra"}
-    return Plan(recipe, model_section, data_section, steps, skipped, target_section["kind"], target_entry,
-                target_params, precision, ev, int(cfg.seed), device, container)
+    return Plan(recipe, model_section, data_section, steps, skipped, targets, precision, ev, int(cfg.seed), device,
+                container)
 
 
-def _target_checks(entry: Entry, params: Any) -> list[Problem]:
+def _target_checks(entry: Entry, params: Any, key: str) -> list[Problem]:
     """A target may define `requires()` -> [(key, message)]: missing runtimes, hardware."""
     requires = getattr(entry.obj, "requires", None)
-    return [Problem(f"target.{k}" if k else "target", msg) for k, msg in (requires(params) if requires else [])]
+    return [Problem(f"{key}.{k}" if k else key, msg) for k, msg in (requires(params) if requires else [])]

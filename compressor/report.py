@@ -14,7 +14,8 @@ from rich.table import Table
 
 from compressor.atomic import atomic_path, write_json, write_text
 
-PACKAGES = ("compressor", "torch", "onnx", "onnxruntime", "hydra-core", "omegaconf", "safetensors", "numpy")
+PACKAGES = ("compressor", "torch", "torchvision", "transformers", "onnx", "onnxruntime", "openvino", "hydra-core",
+            "omegaconf", "safetensors", "numpy", "compressor-tensorrt", "tensorrt")  # those installed are recorded
 
 
 def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -24,10 +25,14 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"step": "baseline", "what": "PyTorch fp32", **report["baseline"]})
     for s in report.get("stages", []):
         out.append({"step": s["name"], "what": s["kind"], **s})
-    if report.get("engine"):
-        e = report["engine"]
+    for e in engines(report):
         out.append({"step": "engine", "what": f"{e['target']} {e['precision']}", **e})
     return out
+
+
+def engines(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every engine the run built (`engines` when there are several, else `engine`)."""
+    return report.get("engines") or ([report["engine"]] if report.get("engine") else [])
 
 
 def _fmt_metric(row: dict[str, Any]) -> str:
@@ -110,13 +115,15 @@ def markdown(report: dict[str, Any], plot: str | None) -> str:
         lines += ["", "## Gates", "", "| gate | value | limit | passed |", "|---|---|---|---|"]
         for name, g in report["gates"].items():
             lines.append(f"| {name} | {g['value']} | {g['limit']} | {'yes' if g['passed'] else '**no**'} |")
-    if report.get("engine"):
-        e = report["engine"]
-        lines += ["", "## Engine", "", f"- file: `{e['path']}` ({e['size_bytes']} bytes), provider {e['provider']}",
+    for e in engines(report):
+        lines += ["", f"## Engine: {e['target']} {e['precision']}", "",
+                  f"- file: `{e['path']}` ({e['size_bytes']} bytes), provider {e['provider']}",
                   f"- parity with PyTorch: max abs {e['parity']['max_abs']:.3g}, mean abs {e['parity']['mean_abs']:.3g}, "
                   f"top-1 agreement {e['parity'].get('agreement')}"]
+        if e.get("throughput"):
+            lines.append(f"- throughput: {e['throughput']['samples_per_s']:,.0f} samples/s at batch {e['throughput']['batch']}")
         if e.get("notes", {}).get("kernels"):
-            lines.append(f"- kernels ONNX Runtime runs: {e['notes']['kernels']}")
+            lines.append(f"- kernels the runtime runs: {e['notes']['kernels']}")
     if training_lines(report):
         lines += ["", "## Training", ""] + [f"- {line}" for line in training_lines(report)]
     if report.get("skipped"):
@@ -223,7 +230,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def manifest(out_dir: Path, seed: int) -> dict[str, Any]:
+def manifest(out_dir: Path, seed: int, report: dict[str, Any]) -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
         try:
@@ -239,6 +246,10 @@ def manifest(out_dir: Path, seed: int) -> dict[str, Any]:
         "machine": {"system": platform.system(), "arch": platform.machine(), "processor": platform.processor()},
         "seed": seed,
         "git_sha": git_sha(),
+        # per engine, what it is bound to beyond the packages (a TensorRT plan: its TensorRT version and GPU)
+        "engines": [{"target": e["target"], "precision": e["precision"], "provider": e["provider"],
+                     **({"runtime": e["notes"]["runtime"]} if "runtime" in (e.get("notes") or {}) else {})}
+                    for e in engines(report)],
     }
 
 
@@ -248,5 +259,5 @@ def write_outputs(report: dict[str, Any], plan, out_dir: Path, console: Console)
     write_json(out_dir / "report.json", report)
     write_text(out_dir / "report.md", markdown(report, "report.png" if has_plot else None)
                + sensitivity_section(report, out_dir))
-    write_json(out_dir / "manifest.json", manifest(out_dir, plan.seed))
+    write_json(out_dir / "manifest.json", manifest(out_dir, plan.seed, report))
     print_table(report, console)

@@ -82,9 +82,9 @@ def parity(engine, model: nn.Module, data: DataSplits, precision: str, samples: 
     return result
 
 
-def gates(report: dict[str, Any], plan: Plan) -> dict[str, Any]:
+def gates(base: dict[str, Any], eng: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """The recipe's gates for one engine against the baseline PyTorch model."""
     out: dict[str, Any] = {}
-    base, eng = report["baseline"], report["engine"]
     name = plan.eval.metric
     if plan.eval.max_drop is not None and name in base["metric"] and name in eng["metric"]:
         drop = base["metric"][name] - eng["metric"][name]
@@ -98,6 +98,26 @@ def gates(report: dict[str, Any], plan: Plan) -> dict[str, Any]:
     out["parity"] = {"limit": "finite and within tolerance", "value": eng["parity"]["max_abs"],
                      "passed": eng["parity"]["passed"]}
     return out
+
+
+THROUGHPUT_BATCH = 32
+
+
+def throughput(engine, data: DataSplits, plan: Plan) -> dict[str, float]:
+    """Samples per second on a batch of validation inputs (up to 32), after warm-up."""
+    xs = []
+    for x, _ in data.val:
+        xs.append(x.numpy())
+        if sum(len(b) for b in xs) >= THROUGHPUT_BATCH:
+            break
+    x = np.concatenate(xs)[:THROUGHPUT_BATCH]
+    runs = max(3, plan.eval.iters // 5)
+    for _ in range(min(plan.eval.warmup, 3)):
+        engine(x)
+    t = time.perf_counter()
+    for _ in range(runs):
+        engine(x)
+    return {"batch": int(len(x)), "samples_per_s": round(len(x) * runs / (time.perf_counter() - t), 1)}
 
 
 def progress_bar(console: Console) -> Progress:
@@ -135,7 +155,7 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
                               "engine": None, "gates": {}, "skipped": plan.skipped, "seconds": 0.0}
     try:
         with progress_bar(console) as progress:
-            overall = progress.add_task("pipeline", total=len(plan.steps) + 3)
+            overall = progress.add_task("pipeline", total=len(plan.steps) + 1 + 2 * len(plan.targets))
             data = build_data(plan.data, plan.seed)
             model = build_model(plan.model).to(device)
             _check_fits(model, data, device)
@@ -196,28 +216,36 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
             if not main:  # the other processes only help train
                 return report
 
-            progress.update(overall, description=f"target {plan.target_kind}")
-            target = plan.build_target()
-            ctx.notes = {}
-            engine = target.build(model.cpu().eval(), ctx, out_dir / "engine")
-            files = [p for p in (out_dir / "engine").rglob("*") if p.is_file()]
-            progress.advance(overall)
-            progress.update(overall, description="engine: parity, metric, latency")
-            example = data.example_input(1).numpy()
-            report["engine"] = {
-                "target": plan.target_kind,
-                "precision": engine.precision,
-                "path": str(Path(engine.path).relative_to(out_dir)),
-                "provider": engine.provider,
-                "size_bytes": sum(p.stat().st_size for p in files),
-                "metric": score(lambda x: np.asarray(engine(x.numpy()), dtype=np.float32)),
-                "parity": parity(engine, model, data, engine.precision, plan.eval.parity_samples, torch.device("cpu")),
-                "latency_ms": measure.latency(lambda: engine(example), plan.eval.warmup, plan.eval.iters),
-                "batch_size": 1,
-                "notes": ctx.notes,
-            }
-            progress.advance(overall)
-        report["gates"] = gates(report, plan)
+            engines, example = [], data.example_input(1).numpy()
+            for t in plan.targets:  # one engine per target, each measured the same way
+                progress.update(overall, description=f"target {t.kind}")
+                ctx.notes = {}
+                engine_dir = out_dir / "engine"
+                before = set(engine_dir.rglob("*")) if engine_dir.is_dir() else set()
+                engine = t.build().build(model.cpu().eval(), ctx, engine_dir)
+                files = [p for p in engine_dir.rglob("*") if p.is_file() and p not in before]
+                progress.advance(overall)
+                progress.update(overall, description=f"engine {t.kind}: parity, metric, latency")
+                engines.append({
+                    "target": t.kind,
+                    "precision": engine.precision,
+                    "path": str(Path(engine.path).relative_to(out_dir)),
+                    "provider": engine.provider,
+                    "size_bytes": sum(p.stat().st_size for p in files),
+                    "metric": score(lambda x: np.asarray(engine(x.numpy()), dtype=np.float32)),
+                    "parity": parity(engine, model, data, engine.precision, plan.eval.parity_samples, torch.device("cpu")),
+                    "latency_ms": measure.latency(lambda: engine(example), plan.eval.warmup, plan.eval.iters),
+                    "batch_size": 1,
+                    "throughput": throughput(engine, data, plan),
+                    "notes": ctx.notes,
+                })
+                progress.advance(overall)
+            report["engine"] = engines[0]
+            if len(engines) > 1:
+                report["engines"] = engines
+            for i, eng in enumerate(engines):  # the first engine's gates keep their plain names
+                for name, g in gates(report["baseline"], eng, plan).items():
+                    report["gates"][name if i == 0 else f"{name}@{eng['target']}"] = g
         report["status"] = "ok" if all(g["passed"] for g in report["gates"].values()) else "failed_gate"
     except UserError as e:
         report["error"] = str(e)

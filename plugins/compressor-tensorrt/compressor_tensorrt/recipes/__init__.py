@@ -1,0 +1,1 @@
+"""Recipes shipped by compressor-tensorrt (entry point group `compressor.recipes`)."""
