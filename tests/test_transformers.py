@@ -63,3 +63,41 @@ def test_bert_recipe_prune_heads_quantize_dynamically(tmp_path):
     # fidelity against the uncompressed model: 1.0 for the baseline itself, measured for the engine
     assert r["baseline"]["metric"]["fidelity"] == pytest.approx(1.0) and r["baseline"]["metric"]["agreement"] == 1.0
     assert -1 <= eng["metric"]["fidelity"] <= 1 and 0 <= eng["metric"]["agreement"] <= 1
+
+
+def test_bert_student_with_fewer_layers_starts_from_the_teachers(tmp_path):
+    """DistilBERT-style: a 1-layer student of the 2-layer BERT takes the teacher's second layer
+    and everything else by name, is distilled, and its checkpoint rebuilds it."""
+    import logging
+
+    from compressor.checkpoint import load_checkpoint, save_checkpoint
+    from compressor.data.text import HFDatasetParams, build as build_text
+    from compressor.errors import UserError
+    from compressor.interfaces import Context
+    from compressor.models.huggingface import HuggingFaceParams, build
+    from compressor.stages.student import Student, StudentParams, init_from_teacher
+
+    folder = make_tiny_bert(tmp_path / "bert")
+    data = build_text(HFDatasetParams(train=str(make_sentiment_csv(tmp_path / "d.csv")), tokenizer=str(folder),
+                                      max_length=16))
+    teacher = build(HuggingFaceParams(path=str(folder)))
+    spec = {"kind": "huggingface", "path": str(folder), "num_layers": 1}
+    student = build(HuggingFaceParams(path=str(folder), num_layers=1), load_weights=False)
+    assert init_from_teacher(student, teacher, [1]) == len(student.state_dict())
+    s, t = student.state_dict(), teacher.state_dict()
+    layer = "model.bert.encoder.layer"
+    assert torch.equal(s[f"{layer}.0.attention.self.query.weight"], t[f"{layer}.1.attention.self.query.weight"])
+    assert torch.equal(s["model.bert.embeddings.word_embeddings.weight"], t["model.bert.embeddings.word_embeddings.weight"])
+    with pytest.raises(UserError, match="give 1 teacher layer indices below 2"):
+        init_from_teacher(student, teacher, [0, 1])
+
+    ctx = Context(data=data, device=torch.device("cpu"), teacher=teacher, log=logging.getLogger("t"), progress=None,
+                  evaluate=lambda m: {"top1": 0.0})
+    stage = Student()
+    stage.params = StudentParams(model=spec, teacher_layers=[1], epochs=1, compare_labels_only=False)
+    model = stage.apply(teacher, ctx)
+    assert len(model.model.bert.encoder.layer) == 1 and ctx.notes["params_ratio"] < 1
+    x, _ = next(iter(data.val))
+    path = save_checkpoint(model, tmp_path / "s.safetensors", ctx.shared["model"])
+    with torch.no_grad():
+        assert torch.allclose(load_checkpoint(path)(x), model(x), atol=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ TASKS = ("sequence_classification", "embedding")
 class HuggingFaceParams:
     path: str = "???"  # a local folder written by save_pretrained
     task: str = "sequence_classification"
+    num_layers: Optional[int] = None  # fewer encoder layers than the saved model (a student); None: all
 
     def check(self):
         import importlib.util
@@ -28,6 +30,8 @@ class HuggingFaceParams:
         yield from one_of(self.task, TASKS, "task")
         if not (Path(self.path) / "config.json").is_file():
             yield "path", f"no Hugging Face model folder (config.json) at {self.path}"
+        if self.num_layers is not None and self.num_layers < 1:
+            yield "num_layers", f"must be >= 1, got {self.num_layers}"
 
 
 class HFClassifier(nn.Module):
@@ -65,6 +69,8 @@ def build(params: HuggingFaceParams, load_weights: bool = True) -> nn.Module:
     try:
         config = AutoConfig.from_pretrained(params.path, local_files_only=True)
         config._attn_implementation = "eager"  # exports to plain ONNX ops on every runtime
+        if params.num_layers is not None:
+            config.num_hidden_layers = params.num_layers
         if load_weights:
             model = auto.from_pretrained(params.path, config=config, local_files_only=True, use_safetensors=True)
         else:
