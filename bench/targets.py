@@ -56,7 +56,7 @@ def bert(tmp: Path) -> list[str]:
     model = build(HuggingFaceParams(path=str(folder)))
     torch.manual_seed(0)
     fit(model, build_text(HFDatasetParams(train=str(csv), tokenizer=str(folder), max_length=16)).train, epochs=3, lr=2e-3)
-    model.save_pretrained(folder)
+    model.model.save_pretrained(folder)  # HFClassifier wraps the transformers model
     return ["model=huggingface", f"model.path={folder}", "data=hf_dataset", f"data.train={csv}",
             f"data.tokenizer={folder}", "data.max_length=16"]
 
