@@ -178,7 +178,10 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
             log.info("baseline: %s", _brief(report["baseline"], plan))
             progress.advance(overall)
             teacher = copy.deepcopy(model).eval().requires_grad_(False)
-            evaluate = lambda m: score(measure.predict_torch(m, device))  # noqa: E731
+
+            def evaluate(m: nn.Module) -> dict[str, float]:
+                return score(measure.predict_torch(m, device))
+
             ctx = Context(data=data, device=device, teacher=teacher, log=log, progress=progress, seed=plan.seed,
                           evaluate=evaluate, score=_scorer(plan, evaluate))
             done = completed_stages(read_dir, plan) if resume_dir is not None else 0

@@ -44,6 +44,12 @@ def test_exported_program_reloads_with_a_dynamic_batch(two_engines):
     assert np.abs(engine(x) - onnx(x)).max() < 1e-4  # the same model, two runtimes
 
 
+def test_bench_command_reads_every_engine_of_a_run(two_engines, cli_inproc):
+    for name in ("model.onnx", "model.pt2"):
+        r = cli_inproc("bench", str(two_engines / "engine" / name), "--batch", "4")
+        assert r.returncode == 0 and "throughput/s (b=4)" in r.stdout
+
+
 def test_torch_export_runs_bf16(tmp_path):
     from compressor.api import compress
 
