@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compressor.errors import UserError
+
 
 @dataclass
 class DataSplits:
@@ -48,6 +50,12 @@ class Context:
     shared: dict[str, Any] = field(default_factory=dict)  # what a stage leaves for later stages; not reset
     score: Callable[[nn.Module], float | None] | None = None  # the recipe's metric, higher is better
     train_dir: Path | None = None  # where the running stage's training keeps its resumable state
+
+    def require_labels(self, stage: str) -> None:
+        """Training on labels needs labelled data; a user with unlabelled data is told what to use."""
+        if not self.data.labelled:
+            raise UserError(f"{stage} trains on labels and this data has none; distill from the model instead "
+                            "(the `distill` stage learns from its outputs)")
 
     def training(self, name: str) -> dict[str, Any]:
         """The run's side of `training.fit`: device, progress bar, early-stopping metric and a

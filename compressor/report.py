@@ -124,6 +124,8 @@ def markdown(report: dict[str, Any], plot: str | None) -> str:
             lines.append(f"- throughput: {e['throughput']['samples_per_s']:,.0f} samples/s at batch {e['throughput']['batch']}")
         if e.get("notes", {}).get("kernels"):
             lines.append(f"- kernels the runtime runs: {e['notes']['kernels']}")
+    if report.get("metric_unavailable"):
+        lines += ["", f"Metric: {report['metric_unavailable']}."]
     if training_lines(report):
         lines += ["", "## Training", ""] + [f"- {line}" for line in training_lines(report)]
     if report.get("skipped"):

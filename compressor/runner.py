@@ -164,7 +164,7 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
                 raise UserError(f"the calibration split is empty, and stages.{calibrating[0]} calibrates on it",
                                 key="data.calibration_size")
             if not data.labelled:
-                report["metric_unavailable"] = "the data has no labels (synthetic): only fidelity metrics are measured"
+                report["metric_unavailable"] = "the data has no labels: only fidelity metrics are measured"
             progress.update(overall, description="baseline")
             metric_names = [plan.eval.metric] + list(plan.eval.extra_metrics)
             reference = measure.collect(measure.predict_torch(model, device), data.val)[0]

@@ -192,3 +192,9 @@ def test_distillation_runs_with_mixed_precision_on_cuda(tmp_path):
     notes = load_report(run_dirs(tmp_path)[0])["stages"][0]["notes"]
     assert notes["amp"] in ("bf16", "fp16") and notes["samples_per_s"] > 0
     assert notes["distilled_metric"]["top1"] > 0.9
+
+
+def test_training_on_labels_is_refused_for_unlabelled_data(tmp_path):
+    r = cli("run", "data=synthetic", "data.shape=[1,8,8]", "pipeline=[finetune]", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "error: stages.finetune: finetune trains on labels and this data has none" in r.stderr

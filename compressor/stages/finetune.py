@@ -47,5 +47,6 @@ class Finetune:
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params
+        ctx.require_labels("finetune")
         ctx.notes.update(fit(model, ctx.data.train, p.epochs, **p.fit_options(), **ctx.training("finetune")).notes())
         return model.eval()

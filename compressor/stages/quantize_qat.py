@@ -36,6 +36,7 @@ class QuantizeQAT:
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params
+        ctx.require_labels("quantize_qat")
         ptq = QuantizeInt8()
         ptq.params = p
         model = ptq.apply(model, ctx)
