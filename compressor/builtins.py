@@ -4,8 +4,8 @@ from __future__ import annotations
 
 def register() -> None:
     from compressor import metrics
-    from compressor.data import digits, images, text
-    from compressor.models import digits_cnn, huggingface, torchvision_zoo
+    from compressor.data import digits, images, tensors, text, torchvision_data
+    from compressor.models import digits_cnn, huggingface, timm_zoo, torchvision_zoo
     from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
     from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8, quantize_qat
     from compressor.stages import quantize_dynamic, quantize_experimental, quantize_float, quantize_weight_only
@@ -39,10 +39,14 @@ def register() -> None:
     MODELS.add("digits_cnn", digits_cnn.build, digits_cnn.DigitsCNNParams)
     MODELS.add("torchvision", torchvision_zoo.build, torchvision_zoo.TorchvisionParams)
     MODELS.add("huggingface", huggingface.build, huggingface.HuggingFaceParams)
+    MODELS.add("timm", timm_zoo.build, timm_zoo.TimmParams)
     DATASETS.add("digits", digits.build, digits.DigitsParams)
     DATASETS.add("imagefolder", images.build_imagefolder, images.ImageFolderParams)
     DATASETS.add("synthetic", images.build_synthetic, images.SyntheticParams)
     DATASETS.add("hf_dataset", text.build, text.HFDatasetParams)
+    DATASETS.add("text", text.build_text, text.TextParams)
+    DATASETS.add("tensors", tensors.build, tensors.TensorsParams)
+    DATASETS.add("torchvision_dataset", torchvision_data.build, torchvision_data.TorchvisionDatasetParams)
 
     for fn in (metrics.top1, metrics.top5, metrics.agreement, metrics.fidelity, metrics.neighbour_agreement,
                metrics.output_mse):

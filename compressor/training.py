@@ -36,7 +36,7 @@ def sparsity_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, p in model.named_parameters():
         if p.dim() > 1:
             zeros = p.detach() == 0
-            if zeros.any():
+            if zeros.any() and not zeros.all():  # all zero: initialised so (a fresh head), not pruned
                 masks[name] = ~zeros
     return masks
 

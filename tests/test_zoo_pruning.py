@@ -66,11 +66,7 @@ def test_prune_export_and_rebuild(tmp_path, name, build, size):
         out = model(x)
     assert out.shape == (1, 1000)  # the classifier keeps every class
 
-    torch.backends.mha.set_fastpath_enabled(False)  # the attention fast path has no ONNX export
-    try:
-        engine = OrtEngine(export_onnx(model, x, tmp_path / "model.onnx"))
-    finally:
-        torch.backends.mha.set_fastpath_enabled(True)
+    engine = OrtEngine(export_onnx(model, x, tmp_path / "model.onnx"))
     got = engine(x.numpy())
     assert np.abs(got - out.numpy()).max() <= 1e-4 + 1e-3 * np.abs(out.numpy()).max()
 

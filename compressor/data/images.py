@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from compressor.data.common import check_loader
 from compressor.interfaces import DataSplits
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -39,10 +40,7 @@ class ImageFolderParams:
             yield "root", f"{self.root} has no class subfolders"
         if self.image_size < 8:
             yield "image_size", f"must be >= 8, got {self.image_size}"
-        if self.batch_size < 1:
-            yield "batch_size", f"must be >= 1, got {self.batch_size}"
-        if not 0 < self.val_fraction < 1:
-            yield "val_fraction", f"must be in (0, 1), got {self.val_fraction}"
+        yield from check_loader(self)
 
 
 def build_imagefolder(params: ImageFolderParams, seed: int = 0) -> DataSplits:

@@ -1,6 +1,7 @@
 """Hugging Face transformers from a local directory (config, safetensors weights, tokenizer):
 sequence classification, or sentence embeddings (mean-pooled last hidden state). Nothing is
-downloaded: the folder must hold the model (`save_pretrained` output)."""
+downloaded: the folder must hold the model (`save_pretrained` output). `path: packaged:tiny_bert`
+is the small BERT shipped with the package (see compressor/models/tiny_bert.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError
+from compressor.models.packaged import resolve
 from compressor.params import one_of
 
 TASKS = ("sequence_classification", "embedding")
@@ -18,7 +20,7 @@ TASKS = ("sequence_classification", "embedding")
 
 @dataclass
 class HuggingFaceParams:
-    path: str = "???"  # a local folder written by save_pretrained
+    path: str = "???"  # a local folder written by save_pretrained, or packaged:tiny_bert
     task: str = "sequence_classification"
     num_layers: Optional[int] = None  # fewer encoder layers than the saved model (a student); None: all
 
@@ -28,7 +30,7 @@ class HuggingFaceParams:
         if importlib.util.find_spec("transformers") is None:
             yield "kind", "needs the transformers package: pip install 'compressor[hf]'"
         yield from one_of(self.task, TASKS, "task")
-        if not (Path(self.path) / "config.json").is_file():
+        if not (Path(resolve(self.path)) / "config.json").is_file():
             yield "path", f"no Hugging Face model folder (config.json) at {self.path}"
         if self.num_layers is not None and self.num_layers < 1:
             yield "num_layers", f"must be >= 1, got {self.num_layers}"
@@ -66,13 +68,14 @@ def build(params: HuggingFaceParams, load_weights: bool = True) -> nn.Module:
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     auto = AutoModelForSequenceClassification if params.task == "sequence_classification" else AutoModel
+    path = resolve(params.path)
     try:
-        config = AutoConfig.from_pretrained(params.path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
         config._attn_implementation = "eager"  # exports to plain ONNX ops on every runtime
         if params.num_layers is not None:
             config.num_hidden_layers = params.num_layers
         if load_weights:
-            model = auto.from_pretrained(params.path, config=config, local_files_only=True, use_safetensors=True)
+            model = auto.from_pretrained(path, config=config, local_files_only=True, use_safetensors=True)
         else:
             model = auto.from_config(config)
     except (OSError, ValueError) as e:

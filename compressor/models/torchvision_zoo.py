@@ -1,6 +1,12 @@
 """Any torchvision model by zoo name. Weights: none, a local checkpoint (.safetensors, or
 .pt/.pth read with torch.load(weights_only=True)), or a torchvision weights enum name, which
-is downloaded only where the machine reaches the hub (a clear error otherwise)."""
+is downloaded only where the machine reaches the hub (a clear error otherwise).
+
+`kwargs` go to the zoo builder. The ViT builders (vit_b_16, ...) fix their architecture, so
+for them `kwargs` may also override it (patch_size, num_layers, num_heads, hidden_dim,
+mlp_dim): a small ViT for small images is `name: vit_b_16, kwargs: {image_size: 32,
+patch_size: 8, hidden_dim: 64, mlp_dim: 128, num_layers: 2, num_heads: 4}` (no weights:
+published weights fit only the published architecture)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,6 +25,45 @@ def zoo_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+# What each torchvision ViT builder passes VisionTransformer (torchvision/models/vision_transformer.py).
+VIT_ARCH = ("patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim")
+VIT_DEFAULTS = {
+    "vit_b_16": (16, 12, 12, 768, 3072), "vit_b_32": (32, 12, 12, 768, 3072),
+    "vit_l_16": (16, 24, 16, 1024, 4096), "vit_l_32": (32, 24, 16, 1024, 4096), "vit_h_14": (14, 32, 16, 1280, 5120),
+}
+
+
+def _vit_overrides(params: "TorchvisionParams") -> dict | None:
+    """The VisionTransformer arguments when kwargs change a ViT builder's fixed architecture."""
+    if params.name not in VIT_DEFAULTS or not set(VIT_ARCH) & set(params.kwargs):
+        return None
+    return {"image_size": 224, **dict(zip(VIT_ARCH, VIT_DEFAULTS[params.name])), **params.kwargs}
+
+
+def _check_vit(params: "TorchvisionParams"):
+    import inspect
+
+    from torchvision.models import VisionTransformer
+
+    args = _vit_overrides(params)
+    if args is None:
+        return
+    if params.weights:
+        yield "weights", f"weights fit only the published {params.name}; drop them to change kwargs " \
+                         f"{', '.join(k for k in VIT_ARCH if k in params.kwargs)}"
+    accepted = set(inspect.signature(VisionTransformer).parameters) - {"self", "num_classes"}
+    for k in params.kwargs:
+        if k not in accepted:
+            yield f"kwargs.{k}", f"not an argument of torchvision's VisionTransformer{did_you_mean(k, accepted)}"
+    sizes = {k: args.get(k) for k in ("image_size", "patch_size", "hidden_dim", "num_heads")}
+    if not all(isinstance(v, int) and v > 0 for v in sizes.values()):
+        yield "kwargs", f"image_size, patch_size, hidden_dim and num_heads must be positive integers, got {sizes}"
+    elif sizes["image_size"] % sizes["patch_size"]:
+        yield "kwargs.patch_size", f"must divide image_size {sizes['image_size']}, got {sizes['patch_size']}"
+    elif sizes["hidden_dim"] % sizes["num_heads"]:
+        yield "kwargs.num_heads", f"must divide hidden_dim {sizes['hidden_dim']}, got {sizes['num_heads']}"
+
+
 @dataclass
 class TorchvisionParams:
     name: str = "resnet18"
@@ -35,10 +80,12 @@ class TorchvisionParams:
             yield "checkpoint", f"file not found: {self.checkpoint}"
         if self.weights and self.checkpoint:
             yield "weights", "give weights or checkpoint, not both"
+        if self.name in VIT_DEFAULTS:
+            yield from _check_vit(self)
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local file, never through a full pickle."""
+    """A state dict from a local file, never through a full pickle (shared by the timm source)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -60,9 +107,13 @@ def build(params: TorchvisionParams, load_weights: bool = True) -> nn.Module:
     import torchvision
 
     weights = params.weights if load_weights else None
+    vit = _vit_overrides(params)
     try:
-        model = torchvision.models.get_model(params.name, weights=weights, num_classes=params.num_classes,
-                                             **params.kwargs)
+        if vit is not None:
+            model = torchvision.models.VisionTransformer(num_classes=params.num_classes, **vit)
+        else:
+            model = torchvision.models.get_model(params.name, weights=weights, num_classes=params.num_classes,
+                                                 **params.kwargs)
     except (OSError, RuntimeError) as e:
         if weights and "download" in str(e).lower() or isinstance(e, OSError):
             raise UserError(f"could not fetch torchvision weights '{weights}' (no network?); download them where "
@@ -71,9 +122,23 @@ def build(params: TorchvisionParams, load_weights: bool = True) -> nn.Module:
     except (TypeError, ValueError) as e:
         raise UserError(f"torchvision rejected the arguments: {e}", key="model") from e
     if load_weights and params.checkpoint:
-        state = load_state_dict(params.checkpoint)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise UserError(f"{params.checkpoint} does not fit {params.name}: missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]}", key="model.checkpoint")
+        load_checkpoint_into(model, params.checkpoint, params.name)
     return model.eval()
+
+
+def load_checkpoint_into(model: nn.Module, path: str, name: str) -> None:
+    """Load a local checkpoint (see load_state_dict) into `model`; one line naming
+    model.checkpoint when it does not fit."""
+    state = load_state_dict(path)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # same names, other shapes
+        raise UserError(f"{path} does not fit {name}: {_first_mismatch(str(e))}", key="model.checkpoint") from e
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}",
+                        key="model.checkpoint")
+
+
+def _first_mismatch(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if "size mismatch" in line]
+    return lines[0] if lines else message.strip().splitlines()[0]

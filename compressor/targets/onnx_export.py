@@ -41,13 +41,18 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
     example = as_input(model, example.cpu())
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                model, (example,), str(raw), dynamo=False, opset_version=opset,
-                input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
+        fast = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)  # the fused attention fast path has no ONNX export
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+                torch.onnx.export(
+                    model, (example,), str(raw), dynamo=False, opset_version=opset,
+                    input_names=["input"], output_names=["output"],
+                    dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                )
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fast)
         if dynamic:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
