@@ -58,6 +58,22 @@ def split_args(argv: list[str]):
     return recipe, argv, overrides
 
 
+def hydra_argv(hydra_args: list[str], extra: list[str]) -> list[str]:
+    """Hydra's parser takes the overrides as one positional list, so they go together (ours
+    added), flags after; -cp is ours to resolve and goes."""
+    overrides, flags, i = [], [], 0
+    while i < len(hydra_args):
+        a = hydra_args[i]
+        if a in HYDRA_VALUE_FLAGS:
+            if a not in ("-cp", "--config-path"):
+                flags += hydra_args[i:i + 2]
+            i += 2
+            continue
+        (flags if a.startswith("-") else overrides).append(a)
+        i += 1
+    return overrides + extra + flags
+
+
 def _flag(argv: list[str], *names: str) -> str | None:
     for i, a in enumerate(argv[:-1]):
         if a in names:
@@ -199,8 +215,7 @@ def cmd_run(argv: list[str]) -> int:
         hydra_args = [a for a in hydra_args if not a.startswith("hydra.run.dir=")] + \
             [f"hydra.run.dir='{scratch}'", "hydra.output_subdir=null"]
     extra = [o for o in search_path_override(ref) if not any(a.startswith("hydra.searchpath") for a in hydra_args)]
-    sys.argv = ["compressor"] + [a for a in hydra_args if a not in ("-cp", "--config-path") and
-                                 a != _flag(hydra_args, "-cp", "--config-path")] + extra
+    sys.argv = ["compressor"] + hydra_argv(hydra_args, extra)
     register_nodes()
     STATUSES.clear()
     try:

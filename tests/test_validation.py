@@ -106,3 +106,9 @@ def test_hydra_flags_still_work(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "ratio: 0.3" in proc.stdout
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("args", [["stages.prune.ratio=0.3", "--cfg", "job"], ["--cfg", "job", "stages.prune.ratio=0.3"]])
+def test_hydra_flags_and_overrides_in_any_order(cli_inproc, args):
+    r = cli_inproc("run", "default", *args)
+    assert r.returncode == 0 and "ratio: 0.3" in r.stdout

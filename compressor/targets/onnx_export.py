@@ -13,6 +13,7 @@ become MatMulNBits (see `onnx_weight_only`).
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -57,9 +58,15 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int 
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             out = Path(tmp) / "dynamic.onnx"
-            quantize_dynamic(str(raw), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                             op_types_to_quantize=["MatMul", "Gemm"],  # what the stage quantized
-                             reduce_range=getattr(model, "_reduce_range", False))
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.WARNING)  # ORT's quantizer logs a line per node through the root logger
+            try:
+                quantize_dynamic(str(raw), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["MatMul", "Gemm"],  # what the stage quantized
+                                 reduce_range=getattr(model, "_reduce_range", False))
+            finally:
+                root.setLevel(level)
             proto = onnx.load(str(out))
         elif is_weight_only(model):
             proto = weight_only_matmuls(onnx.load(str(raw)), model)
