@@ -30,11 +30,12 @@ USAGE = """usage: compressor COMMAND ...
   validate [RECIPE] [overrides]     compose and check everything, run nothing
   ls [stages|targets|models|datasets|metrics|recipes]
   bench PATH                        latency/throughput of a built engine
-  report PATH                       table and plot for a run folder
+  report PATH                       table and plot for a run folder; summary and Pareto plot for a sweep
 exit codes: 0 ok, 1 error, 2 invalid recipe, 3 a gate failed"""
 
 err = Console(stderr=True, highlight=False)
 STATUSES: list[str] = []  # one per job Hydra ran in this process
+RUN_DIRS: list[Path] = []  # their folders: a sweep's summary is written beside them
 
 
 def print_problems(problems: list[Problem]) -> None:
@@ -164,6 +165,7 @@ def _hydra_task(recipe_name: str, resume_dir: Path | None = None):
         from compressor.runner import run
 
         out_dir = Path(HydraConfig.get().runtime.output_dir)
+        RUN_DIRS.append(out_dir)
         log = logging.getLogger("compressor")
         try:
             report = run(make_plan(cfg, recipe_name), out_dir, Console(quiet=not distributed.is_main()), resume_dir)
@@ -218,12 +220,19 @@ def cmd_run(argv: list[str]) -> int:
     sys.argv = ["compressor"] + hydra_argv(hydra_args, extra)
     register_nodes()
     STATUSES.clear()
+    RUN_DIRS.clear()
     try:
         hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(_hydra_task(ref.name, resume_dir))()
     finally:
         distributed.shutdown()
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+    if multirun and distributed.is_main():
+        from compressor.sweep import write_summary
+
+        for sweep_dir in sorted({d.parent for d in RUN_DIRS}):
+            if write_summary(sweep_dir):
+                err.print(f"sweep: {sweep_dir / 'summary.md'} ({sum(s == 'ok' for s in STATUSES)} of {len(STATUSES)} jobs ok)")
     if not STATUSES:
         return EXIT_OK  # --cfg / --info / --help
     if any(s in ("error",) for s in STATUSES):
@@ -301,8 +310,15 @@ def cmd_report(argv: list[str]) -> int:
     from compressor.api import rebuild_report
 
     if not argv:
-        raise UserError("give a run folder (outputs/<recipe>/<time>)", key="report")
-    rebuild_report(argv[0], Console())
+        raise UserError("give a run folder (outputs/<recipe>/<time>) or a sweep folder", key="report")
+    folder = Path(argv[0])
+    if not (folder / "report.json").is_file() and any(folder.glob("*/report.json")):  # a sweep
+        from compressor.sweep import write_summary
+
+        rows = write_summary(folder)
+        Console().print(f"sweep: {folder / 'summary.md'} ({len(rows)} jobs)")
+        return EXIT_OK
+    rebuild_report(folder, Console())
     return EXIT_OK
 
 
