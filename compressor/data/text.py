@@ -25,6 +25,14 @@ FILE_TYPES = (".csv", ".jsonl", ".json", ".parquet")
 NEEDS_DATASETS = "needs the `datasets` package (pip install 'compressor[hf]')"
 
 
+def _resolve_packaged(params, *keys: str) -> None:
+    """`packaged:tiny_bert[/file]` in these path params -> the folder shipped in compressor/models/."""
+    from compressor.models.packaged import resolve
+
+    for key in keys:
+        setattr(params, key, resolve(getattr(params, key)))
+
+
 def _check_tokenizer(params):
     if not installed("transformers"):
         yield "kind", "needs the transformers package: pip install 'compressor[hf]'"
@@ -78,10 +86,8 @@ class HFDatasetParams:
     val_fraction: float = 0.2
     calibration_size: int = 128
 
-    def __post_init__(self):  # `packaged:tiny_bert[/file]`: the folder shipped in compressor/models/
-        from compressor.models.packaged import resolve
-
-        self.train, self.val, self.tokenizer = (resolve(p) for p in (self.train, self.val, self.tokenizer))
+    def __post_init__(self):
+        _resolve_packaged(self, "train", "val", "tokenizer")
 
     def check(self):
         for key in ("train", "val"):
@@ -193,10 +199,8 @@ class TextParams:
     val_fraction: float = 0.2
     calibration_size: int = 128
 
-    def __post_init__(self):  # `packaged:tiny_bert[/file]`: the folder shipped in compressor/models/
-        from compressor.models.packaged import resolve
-
-        self.path, self.val, self.tokenizer = (resolve(p) for p in (self.path, self.val, self.tokenizer))
+    def __post_init__(self):
+        _resolve_packaged(self, "path", "val", "tokenizer")
 
     def check(self):
         for key in ("path", "val"):
