@@ -5,6 +5,13 @@
 
 Extending: register a stage, target, model, dataset or metric with its decorator.
 """
+import os
+
+# ONNX Runtime's telemetry writes a device id and an event store to ~/.cache/Microsoft (and sends
+# usage events); a run writes only its own folder. Read once, when onnxruntime is imported.
+if not os.environ.get("ORT_DISABLE_TELEMETRY"):
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
+
 from compressor.api import bench_engine, compress, load_engine
 from compressor.checkpoint import load_checkpoint, save_checkpoint
 from compressor.errors import UserError

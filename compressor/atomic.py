@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_leftovers(folder: str | Path) -> list[Path]:
+    """Delete the temporary files (`.<name>.tmp<pid>`) a killed run left under `folder`; they are
+    never artifacts, and a resumed run writes its own."""
+    gone = [p for p in Path(folder).rglob(".*.tmp*") if p.is_file() and p.name.rpartition(".tmp")[2].isdigit()]
+    for p in gone:
+        p.unlink()
+    return gone
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -31,12 +41,23 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, default=json_default) + "\n")
+    """Strict JSON: NaN and Inf (a broken engine's parity) are written as null, which every parser reads."""
+    return write_text(path, json.dumps(_finite(data), indent=2, default=json_default, allow_nan=False) + "\n")
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def json_default(o: Any) -> Any:
     if hasattr(o, "item"):
-        return o.item()
+        return _finite(o.item())
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -134,7 +134,21 @@ def save_checkpoint(model: nn.Module, path: Path, model_cfg: dict[str, Any], ext
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+        sort_header(tmp)
     return path
+
+
+def sort_header(path: Path) -> None:
+    """Rewrite a safetensors header in sorted key order, in place. safetensors writes the
+    metadata from a hash map, in a different order each run: sorted, the same model gives the
+    same file (and sha256), so two runs can be compared by hash."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= n:  # the same JSON reordered; safetensors pads its header with spaces too
+            f.seek(8)
+            f.write(text + b" " * (n - len(text)))
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

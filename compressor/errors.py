@@ -4,6 +4,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+MAX_MESSAGE = 500
+
 
 @dataclass
 class Problem:
@@ -11,7 +13,10 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.key}: {self.message}" if self.key else self.message
+        message = self.message
+        if len(message) > MAX_MESSAGE:  # a message echoing a 5,000-character value stays one short line
+            message = f"{message[:MAX_MESSAGE - 160]} ...({len(message)} chars)... {message[-120:]}"
+        return f"{self.key}: {message}" if self.key else message
 
 
 class UserError(Exception):
@@ -33,3 +38,9 @@ def did_you_mean(word: str, choices) -> str:
     """' (did you mean 'x'?)' when a close match exists, else ''."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def short(value, limit: int = 80) -> str:
+    """repr(value), cut to about `limit` characters, for messages that echo what the user gave."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"

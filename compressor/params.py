@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from compressor.errors import Problem, did_you_mean
+from compressor.errors import Problem, did_you_mean, short
 
 # Keys every section may hold besides its params: the registry name it selects.
 RESERVED = ("kind",)
@@ -34,7 +34,7 @@ def parse_params(cls: type | None, section: dict[str, Any], prefix: str) -> tupl
             OmegaConf.merge(schema, {k: v})
         except Exception:  # OmegaConf's ValidationError family
             hint = _type_name(cls, k)
-            problems.append(Problem(f"{prefix}.{k}", f"expected {hint}, got {v!r}"))
+            problems.append(Problem(f"{prefix}.{k}", f"expected {hint}, got {short(v)}"))
     if problems:
         return None, problems
     merged = OmegaConf.merge(schema, {k: v for k, v in values.items()})
@@ -69,4 +69,4 @@ def describe(cls: type | None) -> str:
 def one_of(value: Any, choices, name: str):
     """For `check()`: yields a problem when value is not among choices."""
     if value not in choices:
-        yield name, f"must be one of {', '.join(map(str, choices))}, got {value!r}{did_you_mean(value, choices)}"
+        yield name, f"must be one of {', '.join(map(str, choices))}, got {short(value)}{did_you_mean(value, choices)}"

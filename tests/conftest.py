@@ -42,10 +42,20 @@ def load_report(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def default_run(tmp_path_factory):
-    """The default recipe run once through the CLI in an empty folder, shared by tests."""
+def default_run_home(tmp_path_factory):
+    """The empty HOME the default run sees: it must stay empty."""
+    return tmp_path_factory.mktemp("default_run_home")
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory, default_run_home):
+    """The default recipe run once through the CLI in an empty folder, shared by tests. Its HOME
+    (and the XDG folders under it) is empty, and so are the switches the program sets itself."""
     cwd = tmp_path_factory.mktemp("default_run")
-    proc = cli("run", cwd=cwd)
+    home = default_run_home
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_DATA_HOME": str(home / ".local/share"), "MPLCONFIGDIR": "", "ORT_DISABLE_TELEMETRY": ""}
+    proc = cli("run", cwd=cwd, env=env)
     dirs = run_dirs(cwd)
     return proc, (dirs[0] if dirs else None)
 

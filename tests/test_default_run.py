@@ -18,6 +18,16 @@ def test_default_run_succeeds(default_run):
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+def test_run_writes_only_its_folder(default_run, default_run_home):
+    """Nothing beside outputs/<recipe>/<time>/ in the working folder, nothing in HOME (no
+    matplotlib font cache, no ONNX Runtime telemetry store)."""
+    _, run_dir = default_run
+    cwd = run_dir.parents[2]
+    assert [p.relative_to(cwd) for p in cwd.rglob("*") if run_dir not in (p, *p.parents)] == \
+        [run_dir.parent.parent.relative_to(cwd), run_dir.parent.relative_to(cwd)]
+    assert sorted(p.relative_to(default_run_home) for p in default_run_home.rglob("*")) == []
+
+
 def test_output_folder_layout(default_run):
     _, run_dir = default_run
     for rel in [".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "report.json", "report.md",

@@ -29,6 +29,10 @@ class DigitsCNNParams:
     def check(self):
         if self.width < 1:
             yield "width", f"must be positive, got {self.width}"
+        if self.num_classes < 1:
+            yield "num_classes", f"must be positive, got {self.num_classes}"
+        if self.checkpoint and not Path(self.checkpoint).is_file():
+            yield "checkpoint", f"file not found: {self.checkpoint}"
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:

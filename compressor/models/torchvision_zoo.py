@@ -1,6 +1,7 @@
 """Any torchvision model by zoo name. Weights: none, a local checkpoint (.safetensors, or
-.pt/.pth read with torch.load(weights_only=True)), or a torchvision weights enum name, which
-is downloaded only where the machine reaches the hub (a clear error otherwise).
+.pt/.pth read with torch.load(weights_only=True); a full pickle only with the command-line flag
+--trust-pickle), or a torchvision weights enum name, which is downloaded only where the machine
+reaches the hub (a clear error otherwise).
 
 `kwargs` go to the zoo builder. The ViT builders (vit_b_16, ...) fix their architecture, so
 for them `kwargs` may also override it (patch_size, num_layers, num_heads, hidden_dim,
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError, did_you_mean
+from compressor.untrusted import torch_load
 
 
 def zoo_names() -> list[str]:
@@ -85,17 +87,14 @@ class TorchvisionParams:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local file, never through a full pickle (shared by the timm source)."""
+    """A state dict from a local file, never through a full pickle unless the command line says
+    --trust-pickle (shared by the timm source)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses pickled code: say so in one line
-        raise UserError(f"{path} is not a plain state dict that loads without running pickled code ({type(e).__name__})",
-                        key="model.checkpoint") from e
+    state = torch_load(path, key="model.checkpoint")  # weights_only, unless --trust-pickle
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -58,6 +58,7 @@ class Depthwise:
     """Standard convs rewritten as depthwise + pointwise pairs (initialised by SVD), then distillation."""
 
     params: DepthwiseParams
+    deterministic = ("cpu",)  # trains: CUDA's backward kernels accumulate with atomics, so bit-exact on CPU only
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params

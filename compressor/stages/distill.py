@@ -141,6 +141,7 @@ class Distill:
     """Knowledge distillation from the model before the pipeline (or a given teacher)."""
 
     params: DistillParams
+    deterministic = ("cpu",)  # trains: CUDA's backward kernels accumulate with atomics, so bit-exact on CPU only
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         result = distill(model, teacher_for(self.params, ctx), self.params, ctx)

@@ -1,6 +1,7 @@
 """Fine-tune on the training split with the shared loop; pruned zeros stay zero."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -24,8 +25,10 @@ class FinetuneParams:
     def check(self):
         if self.epochs < 0:
             yield "epochs", f"must be >= 0, got {self.epochs}"
-        if not self.lr > 0:
-            yield "lr", f"must be positive, got {self.lr}"
+        if not 0 < self.lr < math.inf:
+            yield "lr", f"must be positive and finite, got {self.lr}"
+        if not 0 <= self.weight_decay < math.inf:
+            yield "weight_decay", f"must be >= 0 and finite, got {self.weight_decay}"
         yield from one_of(self.optimizer, OPTIMIZERS, "optimizer")
         yield from one_of(self.schedule, SCHEDULES, "schedule")
         yield from one_of(self.amp, AMP, "amp")
@@ -44,6 +47,7 @@ class Finetune:
     """Fine-tune on the training split (cross-entropy), keeping pruned weights at zero."""
 
     params: FinetuneParams
+    deterministic = ("cpu",)  # trains: CUDA's backward kernels accumulate with atomics, so bit-exact on CPU only
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params

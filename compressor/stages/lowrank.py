@@ -73,6 +73,7 @@ class LowRank:
     """Truncated-SVD factorisation of Linear/Conv2d layers into two thinner ones, then distillation."""
 
     params: LowRankParams
+    deterministic = ("cpu",)  # trains: CUDA's backward kernels accumulate with atomics, so bit-exact on CPU only
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params

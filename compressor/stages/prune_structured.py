@@ -5,6 +5,7 @@ cubic (AGP) schedule with fine-tuning between them on the shared training loop."
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -53,6 +54,12 @@ class PruneStructuredParams:
             yield "steps", f"must be >= 1, got {self.steps}"
         if self.finetune_epochs < 0:
             yield "finetune_epochs", f"must be >= 0, got {self.finetune_epochs}"
+        if self.norm < 1:
+            yield "norm", f"must be >= 1 (the p of an L-p norm), got {self.norm}"
+        if not 0 < self.lr < math.inf:
+            yield "lr", f"must be positive and finite, got {self.lr}"
+        if self.taylor_batches < 1:
+            yield "taylor_batches", f"must be >= 1, got {self.taylor_batches}"
 
 
 def cubic_schedule(ratio: float, steps: int) -> list[float]:
@@ -92,6 +99,7 @@ class PruneStructured:
     """Channel/filter pruning on a dependency graph (Torch-Pruning); the model shrinks for real."""
 
     params: PruneStructuredParams
+    deterministic = ("cpu",)  # Taylor importance and gradual steps train: bit-exact on CPU only
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         import torch_pruning as tp

@@ -74,6 +74,7 @@ class QuantizeExperimental:
     """Binary, ternary or power-of-two weights (experimental; FP32 engine)."""
 
     params: QuantizeExperimentalParams
+    deterministic = ("cpu",)  # trains: CUDA's backward kernels accumulate with atomics, so bit-exact on CPU only
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         p = self.params

@@ -3,6 +3,7 @@ activations calibrated on the recipe's data. Leaves a fake-quantized PyTorch mod
 compressor.quant) that the report measures and every target exports as Q/DQ."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -96,8 +97,12 @@ class QuantizeInt8:
         if seen == 0:
             raise UserError("the calibration split is empty", key="calibration_batches")
         ctx.shared["calibration_batches"] = p.calibration_batches  # targets calibrate residual Adds alike
-        for w in wrappers:
-            w.set_act_range(*w.observer.range())
+        for name, w in zip(without(names, p.exclude), wrappers):
+            lo, hi = w.observer.range()
+            if not math.isfinite(lo) or not math.isfinite(hi):
+                raise UserError(f"calibration saw NaN or Inf at the input of layer {name}: the model before this "
+                                "stage computes non-finite values", key="")
+            w.set_act_range(lo, hi)
             w.set_weight_scale()
             w.observer = None
         if p.max_drop is not None:

@@ -31,6 +31,7 @@ class QuantizeQAT:
     """INT8 quantization-aware training (straight-through, or learned scales as in LSQ)."""
 
     params: QuantizeQATParams
+    deterministic = ("cpu",)  # trains: CUDA's backward kernels accumulate with atomics, so bit-exact on CPU only
     precision = "int8"
     calibrates = True
 

@@ -39,6 +39,7 @@ class Student:
     """A smaller architecture, distilled from the current model."""
 
     params: StudentParams
+    deterministic = ("cpu",)  # trains: CUDA's backward kernels accumulate with atomics, so bit-exact on CPU only
 
     def apply(self, model: nn.Module, ctx: Context) -> nn.Module:
         from compressor.models import build_model

@@ -15,6 +15,7 @@ from compressor.errors import UserError
 from compressor.interfaces import Context
 from compressor.params import one_of
 from compressor.targets.onnx_export import OPSET, export_onnx
+from compressor.untrusted import check_onnx_external_data
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
@@ -33,6 +34,8 @@ class OnnxRuntimeParams:
         yield from one_of(self.provider, tuple(PROVIDERS), "provider")
         if self.threads < 0:
             yield "threads", f"must be >= 0, got {self.threads}"
+        if not 13 <= self.opset <= 20:  # per-channel Q/DQ needs 13; the TorchScript exporter writes up to 20
+            yield "opset", f"must be in [13, 20], got {self.opset}"
 
 
 class OrtEngine:
@@ -91,6 +94,7 @@ class OnnxRuntimeTarget:
 
     @staticmethod
     def load(path: Path, provider: str = "cpu") -> OrtEngine:
+        check_onnx_external_data(path)  # a file from anywhere: its external data must not reach outside its folder
         nodes = onnx.load(str(path), load_external_data=False).graph.node
         ops = {n.op_type for n in nodes}
         bits = next((a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"), None)

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.atomic import atomic_path
 from compressor.interfaces import Context
 from compressor.params import one_of
+from compressor.untrusted import load_exported_program
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_BATCH = 4096
@@ -36,7 +38,7 @@ class TorchExportEngine:
 
     def __init__(self, path: Path, compile: bool = False, device: str = "cpu"):
         self.path, self.device = Path(path), torch.device(device)
-        program = torch.export.load(str(self.path))
+        program = load_exported_program(self.path)  # its pickles restricted to tensors
         self.module = program.module().to(self.device)
         first = [s for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"][0]
         meta = program.graph.find_nodes(op="placeholder", target=first.arg.name)[0].meta["val"]
@@ -80,7 +82,8 @@ class TorchExportTarget:
         with torch.no_grad():
             program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
         path = out_dir / "model.pt2"
-        torch.export.save(program, str(path))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a killed run leaves no half-written file
+            torch.export.save(program, f)
         ctx.notes["ops"] = len([n for n in program.graph.nodes if n.op == "call_function"])
         return TorchExportEngine(path, p.compile, p.device)
 

@@ -65,7 +65,7 @@ class TensorRTTarget:
     params: TensorRTParams
     precisions = PRECISIONS
     suffixes = (".plan",)
-
+    deterministic = False  # the builder picks kernels by timing them: two builds may differ
     @staticmethod
     def requires(params: TensorRTParams) -> list[tuple[str, str]]:
         """One line per thing this machine lacks, checked at validation (no work done)."""
