@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python bench/distillation.py
 	$(BIN)/python bench/targets.py
 	$(BIN)/python bench/rewrites.py
+	$(BIN)/python bench/sweep.py
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

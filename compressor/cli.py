@@ -5,20 +5,23 @@ hands the command line to Hydra, so everything Hydra offers keeps working (`-m`,
 `--info`, `-cn/-cp/-cd`, `hydra/launcher=...`)."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from compressor import distributed
+from compressor import distributed, untrusted
 from compressor.errors import Problem, UserError
+from compressor.sweep import SWEEP_DIRS
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_GATE = 0, 1, 2, 3
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -31,11 +34,11 @@ USAGE = """usage: compressor COMMAND ...
   ls [stages|targets|models|datasets|metrics|recipes]
   bench PATH                        latency/throughput of a built engine
   report PATH                       table and plot for a run folder; summary and Pareto plot for a sweep
+  --trust-pickle                    (run, validate, bench) allow full pickles in .pt/.pth/.pt2 files
 exit codes: 0 ok, 1 error, 2 invalid recipe, 3 a gate failed"""
 
 err = Console(stderr=True, highlight=False)
 STATUSES: list[str] = []  # one per job Hydra ran in this process
-RUN_DIRS: list[Path] = []  # their folders: a sweep's summary is written beside them
 
 
 def print_problems(problems: list[Problem]) -> None:
@@ -46,7 +49,7 @@ def print_problems(problems: list[Problem]) -> None:
 def split_args(argv: list[str]):
     """-> (recipe argument or None, Hydra arguments, plain overrides)."""
     recipe = None
-    if argv and not argv[0].startswith("-") and "=" not in argv[0]:
+    if argv and not argv[0].startswith(("-", "~", "+")) and "=" not in argv[0]:  # `~model` is an override
         recipe, argv = argv[0], argv[1:]
     overrides, skip = [], False
     for a in argv:
@@ -157,18 +160,29 @@ def resumed_run(run_dir: str):
     return folder, RecipeRef(name, source), list(yaml.safe_load(overrides_yaml.read_text()) or [])
 
 
-def _hydra_task(recipe_name: str, resume_dir: Path | None = None):
-    def task(cfg):
+@dataclass
+class HydraTask:
+    """What Hydra runs per job. A module-level class, not a closure, so launchers that send
+    jobs to other processes (joblib, Ray, submitit) can pickle it."""
+    recipe_name: str
+    resume_dir: Path | None = None
+
+    def __call__(self, cfg):
         from hydra.core.hydra_config import HydraConfig
 
         from compressor.plan import make_plan
         from compressor.runner import run
 
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        RUN_DIRS.append(out_dir)
         log = logging.getLogger("compressor")
+        console = Console(quiet=not distributed.is_main())
         try:
-            report = run(make_plan(cfg, recipe_name), out_dir, Console(quiet=not distributed.is_main()), resume_dir)
+            if cfg.search.kind == "budget":
+                from compressor.search import budget_search
+
+                report = budget_search(cfg, self.recipe_name, out_dir, console)
+            else:
+                report = run(make_plan(cfg, self.recipe_name), out_dir, console, self.resume_dir)
         except UserError as e:
             print_problems(e.problems)
             STATUSES.append("invalid")
@@ -187,10 +201,12 @@ def _hydra_task(recipe_name: str, resume_dir: Path | None = None):
             return None
         STATUSES.append(report["status"])
         engine = report.get("engine") or {}
-        return {"metric": (engine.get("metric") or {}).get(cfg.eval.metric),
-                "latency_ms": (engine.get("latency_ms") or {}).get("p50"), "size_bytes": engine.get("size_bytes")}
-
-    return task
+        values = {"metric": (engine.get("metric") or {}).get(cfg.eval.metric),
+                  "latency_ms": (engine.get("latency_ms") or {}).get("p50"), "size_bytes": engine.get("size_bytes")}
+        wanted = [values[k] for k in cfg.search.objectives]  # a sweeper (optuna) optimises these
+        if not wanted:
+            return values
+        return None if None in wanted else wanted[0] if len(wanted) == 1 else wanted
 
 
 def cmd_run(argv: list[str]) -> int:
@@ -220,19 +236,19 @@ def cmd_run(argv: list[str]) -> int:
     sys.argv = ["compressor"] + hydra_argv(hydra_args, extra)
     register_nodes()
     STATUSES.clear()
-    RUN_DIRS.clear()
+    SWEEP_DIRS.clear()
     try:
-        hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(_hydra_task(ref.name, resume_dir))()
+        hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(HydraTask(ref.name, resume_dir))()
+    except ValueError as e:  # Hydra's own argument checks (`-m` with `--cfg`): a user mistake, one line
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise UserError(f"hydra: {e}", key="command line") from e
     finally:
         distributed.shutdown()
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-    if multirun and distributed.is_main():
-        from compressor.sweep import write_summary
-
-        for sweep_dir in sorted({d.parent for d in RUN_DIRS}):
-            if write_summary(sweep_dir):
-                err.print(f"sweep: {sweep_dir / 'summary.md'} ({sum(s == 'ok' for s in STATUSES)} of {len(STATUSES)} jobs ok)")
+    if SWEEP_DIRS and distributed.is_main():  # the jobs may have run elsewhere: their reports say how they ended
+        STATUSES[:] = [r["status"] for d in SWEEP_DIRS for r in _sweep_summary(d)]
     if not STATUSES:
         return EXIT_OK  # --cfg / --info / --help
     if any(s in ("error",) for s in STATUSES):
@@ -240,6 +256,19 @@ def cmd_run(argv: list[str]) -> int:
     if "invalid" in STATUSES:
         return EXIT_INVALID
     return EXIT_GATE if "failed_gate" in STATUSES else EXIT_OK
+
+
+def _sweep_summary(sweep_dir: Path) -> list[dict]:
+    """Write the sweep's summary files and say in the terminal which jobs did not end ok."""
+    from compressor.sweep import write_summary
+
+    rows = write_summary(sweep_dir)
+    if rows:
+        err.print(f"sweep: {sweep_dir / 'summary.md'} ({sum(r['status'] == 'ok' for r in rows)} of {len(rows)} jobs ok)")
+    for r in rows:
+        if r["status"] != "ok":
+            err.print(f"  job {r['job']}: {r['status']} ({escape(r['overrides'] or 'no overrides')}): see {sweep_dir / r['job']}")
+    return rows
 
 
 def cmd_validate(argv: list[str]) -> int:
@@ -331,6 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return EXIT_OK if argv else EXIT_INVALID
     command, rest = argv[0], argv[1:]
+    if not os.environ.get("MPLCONFIGDIR"):  # matplotlib's font cache would go to ~/.cache: a run writes only its folder
+        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="compressor-matplotlib-")
+        atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
+    # a command-line flag only: no recipe, override or environment variable can allow full pickles
+    untrusted.trust_pickle = "--trust-pickle" in rest
+    rest = [a for a in rest if a != "--trust-pickle"]
+    if untrusted.trust_pickle:
+        err.print("[yellow]warning:[/] --trust-pickle: .pt/.pth/.pt2 files load as full pickles, which can run "
+                  "any code they hold; use it only for files you trust")
     if command not in COMMANDS:
         from compressor.errors import did_you_mean
 

@@ -40,6 +40,16 @@ class EvalConfig:
 
 
 @dataclass
+class SearchConfig:
+    kind: str = "none"  # none | budget (`search=budget`: fastest engine within eval.max_drop)
+    # What a run hands back to a Hydra sweeper (optuna), in order: metric, latency_ms, size_bytes
+    objectives: List[str] = field(default_factory=list)
+    # search=budget: sweep-style overrides ("stages.prune.ratio=0.3,0.5"); empty = derived from the recipe
+    space: List[str] = field(default_factory=list)
+    max_trials: int = 12
+
+
+@dataclass
 class RecipeConfig:
     model: Any = None
     data: Any = None
@@ -48,6 +58,8 @@ class RecipeConfig:
     target: Any = None
     targets: List[Any] = field(default_factory=list)  # several engines in one run: [onnxruntime, openvino]
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    logger: str = "none"  # none | tensorboard (events in <run>/tensorboard/, needs compressor[tensorboard])
     seed: int = 0
     device: str = "cpu"
 
@@ -56,15 +68,26 @@ class RecipeConfig:
 GROUPS = {"stage": STAGES, "target": TARGETS, "model": MODELS, "data": DATASETS}
 
 
+_STORED: dict[tuple[str, str], tuple] = {}  # what register_nodes put in the ConfigStore last
+
+
 def register_nodes() -> None:
-    """Put the schema and one typed node per registered component into Hydra's ConfigStore."""
+    """Put the schema and one typed node per registered component into Hydra's ConfigStore.
+    Called before every compose; an unchanged entry is not stored again (each store converts
+    a dataclass to a config, a third of a `validate`)."""
     cs = ConfigStore.instance()
-    cs.store(name="recipe_schema", node=RecipeConfig)
+    wanted = {("", "recipe_schema"): (RecipeConfig, None, None)}
     for group, registry in GROUPS.items():
         for name in registry.names():
             entry = registry.get(name)
-            node = _node_class(name, entry.params)
-            cs.store(group=group, name=name, node=node, provider=entry.provider)
+            wanted[(group, name)] = (entry.params, entry.provider, name)
+    for (group, name), (params, provider, kind) in wanted.items():
+        stored = (cs.repo.get(group, {}) if group else cs.repo).get(f"{name}.yaml")
+        if _STORED.get((group, name)) == (params, provider, kind) and stored is not None:
+            continue
+        node = RecipeConfig if kind is None else _node_class(name, params)
+        cs.store(group=group or None, name=name, node=node, provider=provider)
+        _STORED[(group, name)] = (params, provider, kind)
 
 
 def _node_class(name: str, params: type | None) -> Any:
@@ -143,11 +166,44 @@ def compose_recipe(ref: RecipeRef, overrides: list[str]) -> tuple[Optional[DictC
             return cfg, problems
         except Exception as e:  # Hydra and OmegaConf raise many types; each becomes one line
             problem, culprit = _explain(e, overrides)
+            if culprit is None and isinstance(e, MissingConfigException) and e.missing_cfg_file:
+                problem.key = _default_package(ref, e.missing_cfg_file) or problem.key
+            elif culprit is None and problem.key == "recipe":  # Hydra did not say: the override without which it composes
+                culprit = next((o for o in overrides if _composes(ref, [x for x in overrides if x != o])), None)
+                problem.key = _override_key(culprit) if culprit else problem.key
             problems.append(problem)
             if culprit is None:
                 return None, problems
             overrides.remove(culprit)
     return None, problems
+
+
+def _composes(ref: RecipeRef, overrides: list[str]) -> bool:
+    try:
+        with _initialize(ref):
+            compose(ref.name, overrides + search_path_override(ref), return_hydra_config=True)
+        return True
+    except Exception:  # any composition error
+        return False
+
+
+def _default_package(ref: RecipeRef, missing: str) -> Optional[str]:
+    """The key a recipe's defaults entry fills (`/stage@stages.prune: nosuch` -> stages.prune),
+    for an option that does not exist; None if the recipe file has no such entry."""
+    import yaml
+
+    source = ref.source
+    root = resources.files(source[len("pkg://"):]) if source.startswith("pkg://") else Path(source)
+    try:
+        defaults = yaml.safe_load((root / f"{ref.name}.yaml").read_text()).get("defaults") or []
+    except Exception:  # unreadable or not a mapping: Hydra's own message stands
+        return None
+    for entry in defaults:
+        for k, v in (entry.items() if isinstance(entry, dict) else []):
+            group, _, package = str(k).lstrip("/").partition("@")
+            if f"{group}/{v}" == missing:
+                return package or group.replace("/", ".")
+    return None
 
 
 def _explain(e: Exception, overrides: list[str]) -> tuple[Problem, Optional[str]]:
@@ -166,6 +222,9 @@ def _explain(e: Exception, overrides: list[str]) -> tuple[Problem, Optional[str]
     if m:
         key = m.group(1)
         culprit = next((o for o in overrides if _override_key(o) == key), None)
+        deeper = getattr(e.__cause__, "full_key", "") or ""
+        if culprit and deeper.startswith(f"{key}."):  # a dict value with a new key: Hydra merges only with `+`
+            return Problem(deeper, f"not in {key}; to add it write +{culprit.lstrip('+')}"), culprit
         return Problem(key, "unknown key"), culprit
     m = re.match(r"Error merging override (.+)", msg)
     cause = e.__cause__
@@ -182,7 +241,7 @@ def _explain(e: Exception, overrides: list[str]) -> tuple[Problem, Optional[str]
         if m:
             line = f"not a parameter of the selected component ({m.group(2)}){_hint_for(inner, m.group(1))}"
         return Problem(key, line), None
-    first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+    first = msg.strip().splitlines()[0][:300] if msg.strip() else type(e).__name__
     culprit = next((o for o in overrides if o in msg), None)
     return Problem(_override_key(culprit) if culprit else "recipe", first), culprit
 

@@ -29,14 +29,31 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the model's state as it would be stored at its effective precision:
     float tensors at their dtype, quantized weights at their integer width plus scales."""
-    total = 0
-    quantized = {}
+    return int(sum(_layer_sizes(model).values()))
+
+
+def layer_bytes(model: nn.Module) -> dict[str, int]:
+    """The same, per layer, keyed "name (Type)"; a quantized layer's wrapper counts under the
+    layer's own name and type, so before and after line up."""
+    modules = dict(model.named_modules())
+    out = {}
+    for name, size in _layer_sizes(model).items():
+        m = modules.get(name)
+        m = getattr(m, "inner", m)
+        out[f"{name} ({type(m).__name__})" if name else type(m).__name__] = int(size)
+    return out
+
+
+def _layer_sizes(model: nn.Module) -> dict[str, float]:
+    quantized, sizes = {}, {}
     for name, m in model.named_modules():
         if isinstance(m, (QuantWrapper, WeightOnly)):  # int8 storage; WeightOnly at its bits
             quantized[f"{name}.inner.weight" if name else "inner.weight"] = getattr(m, "bits", 8) / 8
     for name, t in model.state_dict().items():
-        total += t.numel() * (quantized.get(name) or t.element_size())
-    return int(total)
+        layer = name.rsplit(".", 1)[0] if "." in name else ""
+        layer = layer[:-len(".inner")] if layer.endswith(".inner") else layer
+        sizes[layer] = sizes.get(layer, 0) + t.numel() * (quantized.get(name) or t.element_size())
+    return sizes
 
 
 def sparsity(model: nn.Module) -> float:

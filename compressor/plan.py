@@ -1,15 +1,20 @@
 """Composed recipe -> validated plan. Every problem is collected before any work starts."""
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from compressor.config import EvalConfig
-from compressor.errors import Problem, UserError, did_you_mean
+from compressor.config import EvalConfig, RecipeConfig
+from compressor.errors import Problem, UserError, did_you_mean, short
 from compressor.params import parse_params
 from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS, Entry
+
+
+RECIPE_KEYS = [f.name for f in dataclasses.fields(RecipeConfig)] + ["hydra"]
 
 
 @dataclass
@@ -28,6 +33,21 @@ class StepPlan:
 def calibrating_slots(steps: list[StepPlan]) -> list[str]:
     """Slots whose stage calibrates on the data's calibration split (class attribute `calibrates`)."""
     return [s.slot for s in steps if getattr(s.entry.obj, "calibrates", False)]
+
+
+def not_bit_exact(plan: "Plan") -> list[str]:
+    """Stages (by slot) and engines (`engine:<kind>`) whose output may differ between two runs of
+    the same recipe and seed on this device. A stage or target class says so with the attribute
+    `deterministic`: False, or the device types where it is bit-exact (training: ("cpu",), since
+    CUDA's backward kernels accumulate with atomics). Without the attribute: bit-exact."""
+    device = plan.device.split(":")[0]
+
+    def exact(cls) -> bool:
+        d = getattr(cls, "deterministic", True)
+        return device in d if isinstance(d, tuple) else bool(d)
+
+    return [s.slot for s in plan.steps if not exact(s.entry.obj)] + \
+        [f"engine:{t.kind}" for t in plan.targets if not exact(t.entry.obj)]
 
 
 @dataclass
@@ -50,6 +70,7 @@ class TargetPlan:
     kind: str
     entry: Entry
     params: Any
+    key: str = "target"  # in the recipe: `target`, or `targets[i]`
 
     def build(self):
         target = self.entry.obj()
@@ -93,6 +114,9 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
     pipeline = list(_section(cfg, "pipeline") or [])
     steps = []
     for i, slot in enumerate(pipeline):
+        if not isinstance(slot, str) or not slot:
+            problems.append(Problem(f"pipeline[{i}]", f"must name a stage slot, got {short(slot)}"))
+            continue
         if slot in sections and slot not in stages:
             problems.append(Problem(f"stages.{slot}", f"no stage is selected for slot '{slot}' (removed with "
                                                       f"~stage@stages.{slot}?); select one with stage@stages.{slot}=NAME"))
@@ -142,7 +166,7 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
         if hasattr(params, "precision"):
             params.precision = produced
         problems += _target_checks(entry, params, key)
-        targets.append(TargetPlan(section["kind"], entry, params))
+        targets.append(TargetPlan(section["kind"], entry, params, key))
 
     ev = OmegaConf.to_object(cfg.eval) if "eval" in cfg else EvalConfig()
     for i, name in enumerate([ev.metric] + list(ev.extra_metrics)):
@@ -152,14 +176,23 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
                                          f"registered: {', '.join(METRICS.names())}"))
     if ev.max_drop is not None and not 0 <= ev.max_drop <= 1:
         problems.append(Problem("eval.max_drop", f"must be in [0, 1] (0.01 = 1 point), got {ev.max_drop}"))
-    if ev.min_speedup is not None and ev.min_speedup <= 0:
+    if ev.min_speedup is not None and not ev.min_speedup > 0:  # nan too
         problems.append(Problem("eval.min_speedup", f"must be positive, got {ev.min_speedup}"))
-    if ev.iters < 1 or ev.warmup < 0:
-        problems.append(Problem("eval.iters", f"need iters >= 1 and warmup >= 0, got {ev.iters}, {ev.warmup}"))
+    if ev.iters < 1:
+        problems.append(Problem("eval.iters", f"must be >= 1, got {ev.iters}"))
+    if ev.warmup < 0:
+        problems.append(Problem("eval.warmup", f"must be >= 0, got {ev.warmup}"))
     if ev.parity_samples < 1:
         problems.append(Problem("eval.parity_samples", f"must be >= 1, got {ev.parity_samples}"))
+    problems += _search_checks(cfg)
+    if not 0 <= cfg.get("seed", 0) < 2**32:  # numpy's seed range
+        problems.append(Problem("seed", f"must be in [0, 2**32), got {cfg.seed}"))
+    unknown = [k for k in cfg if k not in RECIPE_KEYS]
+    for k in unknown:  # `+foo=1` adds a key Hydra's struct mode lets through; nothing would read it
+        problems.append(Problem(str(k), f"unknown key{did_you_mean(k, RECIPE_KEYS)}; valid keys: "
+                                        f"{', '.join(k for k in RECIPE_KEYS if k != 'hydra')}"))
     device = str(cfg.get("device", "cpu"))
-    if device != "cpu" and not device.startswith("cuda"):
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
         problems.append(Problem("device", f"must be cpu or cuda[:N], got {device!r}"))
     elif device.startswith("cuda"):
         import torch
@@ -173,6 +206,27 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
                  for k, v in cfg.items_ex(resolve=False) if k != "hydra"}
     return Plan(recipe, model_section, data_section, steps, skipped, targets, precision, ev, int(cfg.seed), device,
                 container)
+
+
+def _search_checks(cfg: DictConfig) -> list[Problem]:
+    """The `search` and `logger` keys: known values, and what they need installed."""
+    import importlib.util
+
+    found = []
+    search = cfg.get("search") or {}
+    if search.get("kind", "none") not in ("none", "budget"):
+        found.append(Problem("search.kind", f"must be none or budget, got {search.get('kind')!r}"))
+    for i, name in enumerate(search.get("objectives") or []):
+        if name not in ("metric", "latency_ms", "size_bytes"):
+            found.append(Problem(f"search.objectives[{i}]", f"must be metric, latency_ms or size_bytes, got {name!r}"))
+    if search.get("max_trials", 1) < 1:
+        found.append(Problem("search.max_trials", f"must be >= 1, got {search.get('max_trials')}"))
+    logger = cfg.get("logger", "none")
+    if logger not in ("none", "tensorboard"):
+        found.append(Problem("logger", f"must be none or tensorboard, got {logger!r}"))
+    elif logger == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        found.append(Problem("logger", "tensorboard is not installed: pip install compressor[tensorboard]"))
+    return found
 
 
 def _target_checks(entry: Entry, params: Any, key: str) -> list[Problem]:

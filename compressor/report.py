@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -35,8 +36,16 @@ def engines(report: dict[str, Any]) -> list[dict[str, Any]]:
     return report.get("engines") or ([report["engine"]] if report.get("engine") else [])
 
 
+def _g(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"  # None: NaN/Inf, stored as null in report.json
+
+
+def _nan(v: float | None) -> float:
+    return float("nan") if v is None else v
+
+
 def _fmt_metric(row: dict[str, Any]) -> str:
-    return ", ".join(f"{v:.4f}" for v in (row.get("metric") or {}).values()) or "n/a"
+    return ", ".join(_g(v) if v is None else f"{v:.4f}" for v in (row.get("metric") or {}).values()) or "n/a"
 
 
 def _metric_title(report: dict[str, Any]) -> str:
@@ -118,23 +127,43 @@ def markdown(report: dict[str, Any], plot: str | None) -> str:
     for e in engines(report):
         lines += ["", f"## Engine: {e['target']} {e['precision']}", "",
                   f"- file: `{e['path']}` ({e['size_bytes']} bytes), provider {e['provider']}",
-                  f"- parity with PyTorch: max abs {e['parity']['max_abs']:.3g}, mean abs {e['parity']['mean_abs']:.3g}, "
+                  f"- parity with PyTorch: max abs {_g(e['parity']['max_abs'])}, mean abs {_g(e['parity']['mean_abs'])}, "
                   f"top-1 agreement {e['parity'].get('agreement')}"]
         if e.get("throughput"):
             lines.append(f"- throughput: {e['throughput']['samples_per_s']:,.0f} samples/s at batch {e['throughput']['batch']}")
         if e.get("notes", {}).get("kernels"):
             lines.append(f"- kernels the runtime runs: {e['notes']['kernels']}")
+    if report.get("search"):
+        lines += search_lines(report["search"])
     if report.get("metric_unavailable"):
         lines += ["", f"Metric: {report['metric_unavailable']}."]
     if training_lines(report):
         lines += ["", "## Training", ""] + [f"- {line}" for line in training_lines(report)]
     if report.get("skipped"):
         lines += ["", f"Skipped (not in `pipeline`): {', '.join(report['skipped'])}"]
+    if "not_bit_exact" in report:
+        odd = report["not_bit_exact"]
+        lines += ["", "Bit-exact: the same recipe and seed on this machine give the same checkpoints and engine "
+                  "(sha256 in manifest.json)" + (f", except {', '.join(odd)}." if odd else ", for every stage.")]
     if report.get("error"):
         lines += ["", f"**Error:** {report['error']}"]
     if plot:
         lines += ["", f"![metric, size and latency per step]({plot})"]
     return "\n".join(lines) + "\n"
+
+
+def search_lines(search: dict[str, Any]) -> list[str]:
+    """search=budget: every trial with what it changed and what it measured."""
+    lines = ["", "## Budget search", "", f"{search['conclusion']}.", "",
+             "| trial | overrides | status | metric | drop | p50 ms | size KiB |", "|---|---|---|---|---|---|---|"]
+    for t in search["trials"]:
+        cells = [f"{t[k]:.4f}" if t.get(k) is not None else "-" for k in ("metric", "drop")]
+        cells += [f"{t['latency_ms']:.3f}" if t.get("latency_ms") is not None else "-",
+                  f"{t['size_bytes'] / 1024:.1f}" if t.get("size_bytes") is not None else "-"]
+        best = " (best)" if t["trial"] == search["best_trial"] else ""
+        status = t["status"] + (f": {t['error']}" if t.get("error") else "")
+        lines.append(f"| {t['trial']}{best} | `{' '.join(t['overrides']) or 'as written'}` | {status} | " + " | ".join(cells) + " |")
+    return lines + ["", "Each trial's full run folder is under `trials/`; `compressor report RUN/trials` tabulates and plots them."]
 
 
 def plot_steps(report: dict[str, Any], path: Path) -> bool:
@@ -151,7 +180,7 @@ def plot_steps(report: dict[str, Any], path: Path) -> bool:
     series = [("size (KiB)", [p["size_bytes"] / 1024 for p in points]),
               ("latency p50 (ms)", [p["latency_ms"]["p50"] for p in points])]
     if metric:
-        series.insert(0, (metric, [p["metric"].get(metric, float("nan")) for p in points]))
+        series.insert(0, (metric, [_nan(p["metric"].get(metric)) for p in points]))
     fig, axes = plt.subplots(1, len(series), figsize=(4.5 * len(series), 3.6))
     for ax, (title, values) in zip(axes, series):
         ax.bar(range(len(values)), values, color=["#888"] + ["#4c72b0"] * (len(values) - 2) + ["#dd8452"])
@@ -215,6 +244,37 @@ def _plot_sensitivity(scan: dict[str, dict[float, float]], baseline: float | Non
     plt.close(fig)
 
 
+def layers_section(report: dict[str, Any], out_dir: Path, top: int = 24) -> str:
+    """Size by layer, before the pipeline and after it: where the bytes went (largest layers first)."""
+    sizes = report.get("layer_bytes")
+    if not sizes or not sizes["baseline"]:
+        return ""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(set(sizes["baseline"]) | set(sizes["final"]),
+                   key=lambda n: -max(sizes["baseline"].get(n, 0), sizes["final"].get(n, 0)))[:top][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(names) + 1.2))
+    y = range(len(names))
+    ax.barh([i + 0.2 for i in y], [sizes["baseline"].get(n, 0) / 1024 for n in names], height=0.4, label="baseline",
+            color="#999")
+    ax.barh([i - 0.2 for i in y], [sizes["final"].get(n, 0) / 1024 for n in names], height=0.4, label="after the pipeline",
+            color="#4c72b0")
+    ax.set_yticks(list(y), [n or "(top level)" for n in names], fontsize=7)
+    ax.set_xlabel("KiB (weights at their stored precision)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out_dir / "size_by_layer.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    before, after = sum(sizes["baseline"].values()), sum(sizes["final"].values())
+    return (f"\n## Size by layer\n\n{before / 1024:.1f} KiB -> {after / 1024:.1f} KiB; the {len(names)} largest layers:\n\n"
+            "![size by layer, baseline and after the pipeline](size_by_layer.png)\n")
+
+
 def git_sha() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -260,6 +320,12 @@ def write_outputs(report: dict[str, Any], plan, out_dir: Path, console: Console)
     has_plot = plot_steps(report, out_dir / "report.png")
     write_json(out_dir / "report.json", report)
     write_text(out_dir / "report.md", markdown(report, "report.png" if has_plot else None)
-               + sensitivity_section(report, out_dir))
+               + sensitivity_section(report, out_dir) + layers_section(report, out_dir))
+    if plan.config.get("logger") == "tensorboard":
+        from compressor.tensorboard_log import write_tensorboard
+
+        overrides = out_dir / ".hydra" / "overrides.yaml"
+        pairs = [str(o).lstrip("+~").split("=", 1) for o in (yaml.safe_load(overrides.read_text()) if overrides.is_file() else None) or []]
+        write_tensorboard(report, {p[0]: p[1] for p in pairs if len(p) == 2}, out_dir / "tensorboard")
     write_json(out_dir / "manifest.json", manifest(out_dir, plan.seed, report))
     print_table(report, console)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,12 +21,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from compressor import distributed, measure
+from compressor.atomic import remove_leftovers
 from compressor.checkpoint import load_checkpoint, save_checkpoint
 from compressor.data import build_data
 from compressor.errors import UserError
 from compressor.interfaces import Context, DataSplits
 from compressor.models import build_model
-from compressor.plan import Plan, calibrating_slots
+from compressor.plan import Plan, calibrating_slots, not_bit_exact
 from compressor.registry import METRICS
 from compressor.report import write_outputs
 from compressor.state import load_state, rng_state, save_state, set_rng_state
@@ -71,7 +73,7 @@ def parity(engine, model: nn.Module, data: DataSplits, precision: str, samples: 
     diff = np.abs(out - ref) if finite else np.array([np.inf])
     agreement = float((out.argmax(-1) == ref.argmax(-1)).mean()) if out.ndim > 1 and finite else None
     result = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "agreement": agreement,
-              "samples": int(len(x)), "finite": finite}
+              "samples": int(len(x)), "finite": finite, "nonfinite": int(out.size - np.isfinite(out).sum())}
     if precision.startswith("int8"):
         result["min_agreement"] = INT8_MIN_AGREEMENT
         result["passed"] = finite and (agreement is None or agreement >= INT8_MIN_AGREEMENT)
@@ -97,6 +99,8 @@ def gates(base: dict[str, Any], eng: dict[str, Any], plan: Plan) -> dict[str, An
                               "passed": speedup >= plan.eval.min_speedup}
     out["parity"] = {"limit": "finite and within tolerance", "value": eng["parity"]["max_abs"],
                      "passed": eng["parity"]["passed"]}
+    bad = eng["parity"].get("nonfinite", 0)  # NaN/Inf outputs: its own gate, so the report says which failed
+    out["nan_inf"] = {"limit": 0, "value": bad, "passed": bad == 0}
     return out
 
 
@@ -152,7 +156,9 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
     device = distributed.device_for(torch.device(plan.device))
     distributed.init(device)
     report: dict[str, Any] = {"recipe": plan.recipe, "status": "error", "baseline": None, "stages": [],
-                              "engine": None, "gates": {}, "skipped": plan.skipped, "seconds": 0.0}
+                              "engine": None, "gates": {}, "skipped": plan.skipped,
+                              "not_bit_exact": not_bit_exact(plan), "seconds": 0.0}
+    where = "data"  # the step running, named if it runs out of memory
     try:
         with progress_bar(console) as progress:
             overall = progress.add_task("pipeline", total=len(plan.steps) + 1 + 2 * len(plan.targets))
@@ -166,6 +172,7 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
             if not data.labelled:
                 report["metric_unavailable"] = "the data has no labels: only fidelity metrics are measured"
             progress.update(overall, description="baseline")
+            where = "data.batch_size"
             metric_names = [plan.eval.metric] + list(plan.eval.extra_metrics)
             reference = measure.collect(measure.predict_torch(model, device), data.val)[0]
 
@@ -184,6 +191,8 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
 
             ctx = Context(data=data, device=device, teacher=teacher, log=log, progress=progress, seed=plan.seed,
                           evaluate=evaluate, score=_scorer(plan, evaluate))
+            if resume_dir is not None and main:
+                remove_leftovers(read_dir)  # a killed run's half-written temporary files
             done = completed_stages(read_dir, plan) if resume_dir is not None else 0
             if done:
                 model = _resume(read_dir, plan, done, ctx, report).to(device)
@@ -193,6 +202,7 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
                 if i <= done:
                     continue
                 progress.update(overall, description=f"stage {step.slot} ({step.kind})")
+                where = f"stages.{step.slot}"
                 ctx.notes = {}
                 ctx.train_dir = stage_dir(read_dir, i, step.slot) / "train"
                 t = time.perf_counter()
@@ -216,17 +226,20 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
                     shutil.rmtree(ctx.train_dir, ignore_errors=True)
                 log.info("stage %s (%s): %s in %.1fs", step.slot, step.kind, _brief(entry, plan), seconds)
                 progress.advance(overall)
+            report["layer_bytes"] = {"baseline": measure.layer_bytes(teacher), "final": measure.layer_bytes(model)}
             if not main:  # the other processes only help train
                 return report
 
             engines, example = [], data.example_input(1).numpy()
             for t in plan.targets:  # one engine per target, each measured the same way
                 progress.update(overall, description=f"target {t.kind}")
+                where = t.key
                 ctx.notes = {}
                 engine_dir = out_dir / "engine"
-                before = set(engine_dir.rglob("*")) if engine_dir.is_dir() else set()
+                before = _file_ids(engine_dir)
                 engine = t.build().build(model.cpu().eval(), ctx, engine_dir)
-                files = [p for p in engine_dir.rglob("*") if p.is_file() and p not in before]
+                # this target's files: new or replaced (a resumed run rebuilds over a killed run's engine)
+                files = [p for p, i in _file_ids(engine_dir).items() if before.get(p) != i]
                 progress.advance(overall)
                 progress.update(overall, description=f"engine {t.kind}: parity, metric, latency")
                 engines.append({
@@ -254,6 +267,10 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
         report["error"] = str(e)
         raise
     except Exception as e:  # a bug or a runtime failure: recorded in the report, then re-raised
+        oom = out_of_memory(e, where, plan)
+        if oom is not None:
+            report["error"] = str(oom)
+            raise oom from None
         report["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
@@ -270,9 +287,34 @@ def _resume(run_dir: Path, plan: Plan, done: int, ctx: Context, report: dict[str
         record = load_state(stage_dir(run_dir, i, step.slot) / "stage.safetensors")
         report["stages"].append(record["entry"])
         ctx.shared = record["shared"]
-    set_rng_state(record["rng"], ctx.data.train.generator)
     report["resumed_after_stage"] = plan.steps[done - 1].slot
-    return load_checkpoint(stage_dir(run_dir, done, plan.steps[done - 1].slot) / "model.safetensors")
+    model = load_checkpoint(stage_dir(run_dir, done, plan.steps[done - 1].slot) / "model.safetensors")
+    set_rng_state(record["rng"], ctx.data.train.generator)  # after the load: rebuilding the model draws random init
+    return model
+
+
+OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory|failed to allocate memory|DefaultCPUAllocator", re.I)
+
+
+def out_of_memory(e: Exception, key: str, plan: Plan) -> UserError | None:
+    """A failed allocation as one line naming the step and the batch size, or None."""
+    if not isinstance(e, MemoryError) and not OUT_OF_MEMORY.search(str(e)):
+        return None
+    e.__traceback__ = None  # lets the failed step's tensors go before the report is written
+    size = re.search(r"allocate (\d+) bytes|allocate ([\d.]+ ?[KMGT]i?B)", str(e), re.I)
+    tried = f" (could not allocate {int(size[1]) / 2**30:.2f} GiB)" if size and size[1] else \
+        f" (could not allocate {size[2]})" if size else ""
+    if key == "data":  # building the data itself, before any batch
+        return UserError(f"out of memory loading the data{tried}", key=key)
+    batch = (plan.data or {}).get("batch_size")
+    return UserError(f"out of memory at data.batch_size={batch}{tried}; lower data.batch_size", key=key)
+
+
+def _file_ids(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Each file under `folder` with its inode and mtime: a file replaced since has others."""
+    if not folder.is_dir():
+        return {}
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
 
 
 def _scorer(plan: Plan, evaluate):

@@ -8,17 +8,33 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
 from compressor.atomic import atomic_path, write_text
 
 COLUMNS = ["job", "overrides", "status", "metric", "latency_ms", "size_bytes", "pareto_latency", "pareto_size"]
 
 
+class SweepSummary(Callback):
+    """Named in base.yaml's hydra.callbacks: Hydra calls it in the launching process when a
+    sweep ends, whatever launcher ran the jobs (in this process, joblib workers, Ray, SLURM)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        SWEEP_DIRS.append(Path(str(config.hydra.sweep.dir)))
+
+
+SWEEP_DIRS: list[Path] = []
+
+
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder holding a report.json, in job order."""
+    """One row per job folder (one holding a report.json or Hydra's record), in job order. A job
+    that left no report failed before its run started (the reason is in its compressor.log)."""
     rows = []
-    for report_file in sorted(sweep_dir.glob("*/report.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        job = report_file.parent
-        report = json.loads(report_file.read_text())
+    jobs = {p.parent for p in sweep_dir.glob("*/report.json")} | {p.parent for p in sweep_dir.glob("*/.hydra")}
+    for job in sorted(jobs, key=lambda p: (len(p.name), p.name)):
+        report_file = job / "report.json"
+        report = json.loads(report_file.read_text()) if report_file.is_file() else {"status": "error"}
         overrides = job / ".hydra" / "overrides.yaml"
         engine = report.get("engine") or {}
         metric_name = next(iter((report.get("baseline") or {}).get("metric") or {}), None)
@@ -63,7 +79,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     writer.writeheader()
     writer.writerows(rows)
     write_text(sweep_dir / "summary.csv", buf.getvalue())
-    name = rows[0]["metric_name"] or "metric"
+    name = next((r["metric_name"] for r in rows if r["metric_name"]), "metric")
     lines = [f"# Sweep: {len(rows)} jobs", "", f"| job | overrides | status | {name} | p50 ms | size KiB | Pareto (latency / size) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

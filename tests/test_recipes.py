@@ -19,8 +19,9 @@ def test_recipe_composes_and_validates(rel):
         ref, overrides = locate(rel.stem), []
     else:  # a config-group option: select it on the default recipe
         group = "/".join(rel.parts[:-1])
-        # groups the default recipe already selects are swapped, others added
-        ref, overrides = locate("default"), [f"{group}={rel.stem}" if group in ("model", "data", "target") else f"+{group}={rel.stem}"]
+        # groups the default recipe (or base.yaml, or Hydra) already selects are swapped, others added
+        swapped = ("model", "data", "target", "hparams_search", "search", "hydra/launcher")
+        ref, overrides = locate("default"), [f"{group}={rel.stem}" if group in swapped else f"+{group}={rel.stem}"]
     cfg, problems = compose_recipe(ref, overrides)
     assert not problems, problems
     plan = make_plan(cfg, ref.name)
