@@ -93,15 +93,13 @@ def bench_engine(path: str | Path, batch: int = 32, warmup: int = 10, iters: int
 
 
 def rebuild_report(path: str | Path, console: Console) -> dict[str, Any]:
-    from compressor.report import markdown, plot_steps, print_table, sensitivity_section
+    from compressor.report import print_table, write_readable
 
     path = Path(path)
     file = path / "report.json"
     if not file.is_file():
         raise UserError(f"no report.json in {path}", key="report")
     report = json.loads(file.read_text())
-    has_plot = plot_steps(report, path / "report.png")
-    write_text(path / "report.md", markdown(report, "report.png" if has_plot else None)
-               + sensitivity_section(report, path))
+    write_readable(report, path)
     print_table(report, console)
     return report

@@ -315,12 +315,17 @@ def manifest(out_dir: Path, seed: int, report: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def write_outputs(report: dict[str, Any], plan, out_dir: Path, console: Console) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_readable(report: dict[str, Any], out_dir: Path) -> None:
+    """report.md and the plots beside it, from the report alone (`compressor report` redoes them)."""
     has_plot = plot_steps(report, out_dir / "report.png")
-    write_json(out_dir / "report.json", report)
     write_text(out_dir / "report.md", markdown(report, "report.png" if has_plot else None)
                + sensitivity_section(report, out_dir) + layers_section(report, out_dir))
+
+
+def write_outputs(report: dict[str, Any], plan, out_dir: Path, console: Console) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "report.json", report)
+    write_readable(report, out_dir)
     if plan.config.get("logger") == "tensorboard":
         from compressor.tensorboard_log import write_tensorboard
 
