@@ -23,7 +23,7 @@ run: setup
 	$(BIN)/compressor run
 
 test: setup
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=20
 
 bench: setup
 	$(BIN)/python bench/default_recipe.py
