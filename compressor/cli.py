@@ -21,7 +21,7 @@ from rich.table import Table
 
 from compressor import distributed, untrusted
 from compressor.errors import Problem, UserError
-from compressor.sweep import SWEEP_DIRS
+from compressor.sweep import SWEEP_DIRS, unknown_search_keys
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_GATE = 0, 1, 2, 3
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -129,7 +129,7 @@ def check(ref, overrides: list[str], multirun: bool = False):
     for variant in sweep_variants(overrides) if multirun else [overrides]:
         cfg, found = compose_recipe(ref, variant)
         if cfg is not None:  # bad overrides were dropped: check the rest too, to report all at once
-            found += unsafe_keys(cfg)
+            found += unsafe_keys(cfg) + unknown_search_keys(cfg)
             try:
                 plans.append(make_plan(cfg, ref.name))
             except UserError as e:

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from compressor.atomic import atomic_path, write_text
+from compressor.errors import Problem
 
 COLUMNS = ["job", "overrides", "status", "metric", "latency_ms", "size_bytes", "pareto_latency", "pareto_size"]
 
@@ -25,6 +26,24 @@ class SweepSummary(Callback):
 
 
 SWEEP_DIRS: list[Path] = []
+
+
+def unknown_search_keys(cfg: DictConfig) -> list[Problem]:
+    """Keys an Optuna sweep (hydra.sweeper.params) or search=budget (search.space) would set
+    that this recipe does not have: found before any trial runs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = {f"hydra.sweeper.params.{k}": k for k in OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}}
+    space = list(OmegaConf.select(cfg, "search.space", default=None) or [])
+    try:
+        keys.update({f"search.space[{i}]": o.get_key_element() for i, o in enumerate(OverridesParser.create().parse_overrides(space))})
+    except Exception as e:  # Hydra's parser names the bad entry
+        return [Problem("search.space", str(e).splitlines()[0])]
+    return [Problem(where, f"'{key}' is not a key of this recipe")
+            for where, key in keys.items() if not key.startswith("+") and OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT]
+
+
+_ABSENT = object()
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:

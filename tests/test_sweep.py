@@ -149,3 +149,12 @@ def test_tensorboard_events_hold_the_reports_figures(default_run, tmp_path, cli_
     assert losses == pytest.approx(report["stages"][1]["notes"]["epoch_loss"], rel=1e-5)
     r = cli_inproc("validate", "logger=tensorbord")
     assert r.returncode == 2 and "logger: must be none or tensorboard" in r.stderr
+
+
+@pytest.mark.parametrize("overrides,problem", [
+    (["digits_student", "hparams_search=optuna_latency"], "hydra.sweeper.params.stages.prune.ratio: 'stages.prune.ratio' is not"),
+    (["search=budget", 'search.space=["stages.prun.ratio=0.3"]'], "search.space[0]: 'stages.prun.ratio' is not"),
+])
+def test_search_keys_the_recipe_lacks_are_found_before_any_trial(cli_inproc, overrides, problem):
+    r = cli_inproc("validate", *overrides)
+    assert r.returncode == 2 and problem in r.stderr, r.stderr
