@@ -324,8 +324,8 @@ def write_readable(report: dict[str, Any], out_dir: Path) -> None:
 
 def write_outputs(report: dict[str, Any], plan, out_dir: Path, console: Console) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "report.json", report)
     write_readable(report, out_dir)
+    write_json(out_dir / "report.json", report)
     if plan.config.get("logger") == "tensorboard":
         from compressor.tensorboard_log import write_tensorboard
 

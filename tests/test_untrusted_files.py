@@ -35,7 +35,7 @@ def one_error_line(proc) -> str:
     return lines[0]
 
 
-def test_malicious_checkpoint_through_the_cli(tmp_path, mark):
+def test_malicious_checkpoint_through_the_cli(tmp_path, mark, cli_inproc):
     # subprocesses: the checkpoint is read when the run starts, inside Hydra, whose in-process
     # logging set-up would outlive pytest's captured streams
     torch.save({"conv1.weight": _Evil()}, tmp_path / "model.pt")
@@ -45,8 +45,8 @@ def test_malicious_checkpoint_through_the_cli(tmp_path, mark):
     assert line.startswith("error: model.checkpoint:") and "--trust-pickle" in line, line
     assert not mark.exists()
     # the flag is a command-line flag only: as an override it is refused, and runs nothing
-    proc = cli(*args, "+trust_pickle=true", cwd=tmp_path)
-    assert proc.returncode == 2 and not mark.exists(), proc.stderr
+    proc = cli_inproc(*args, "+trust_pickle=true")  # refused at validation, before Hydra runs anything
+    assert proc.returncode == 2 and "trust_pickle" in proc.stderr and not mark.exists(), proc.stderr
     # with the flag the file is a full pickle: it runs (the proof that the flag does something), with a warning
     proc = cli(*args, "--trust-pickle", cwd=tmp_path)
     assert proc.stderr.startswith("warning: --trust-pickle"), proc.stderr
