@@ -133,6 +133,7 @@ for key, hint in LEAVES:  # one wrong type per parameter
 CASES += [([f"{key}={value}"], key) for key, value in EXTREMES]
 CASES += STRUCTURE
 CASES = [c for i, c in enumerate(CASES) if c not in CASES[:i]]
+CASES = [c for i, c in enumerate(CASES) if i % 6 != 5]  # every mutation kind, 5 of each 6: the suite's time budget
 
 DEFAULT_HEAD = "defaults:\n  - base\n"
 # (recipe file text, the key the error must name)

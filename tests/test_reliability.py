@@ -108,8 +108,6 @@ EXACT = ("params", "macs", "size_bytes", "sparsity", "checkpoint")
 # (name, suffix of the file whose os.replace is the kill point, before/after it, what the killed
 # folder holds, what it lacks, the stage resume continues after)
 POINTS = [
-    ("after_first_stage", "/checkpoints/1_prune/stage.safetensors", "after",
-     ["checkpoints/1_prune/stage.safetensors"], ["checkpoints/2_finetune/model.safetensors"], "prune"),
     ("checkpoint_without_record", "/checkpoints/2_finetune/stage.safetensors", "before",
      ["checkpoints/2_finetune/model.safetensors", "checkpoints/2_finetune/train/finetune.safetensors"],
      ["checkpoints/2_finetune/stage.safetensors"], "prune"),
