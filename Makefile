@@ -11,10 +11,11 @@ PLUGINS := plugins/compressor-tensorrt
 
 setup: $(STAMP)
 
-$(STAMP): requirements-ci.txt pyproject.toml $(PLUGINS:%=%/pyproject.toml)
+$(STAMP): requirements-ci.txt requirements-real.txt pyproject.toml $(PLUGINS:%=%/pyproject.toml)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-ci.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-real.txt
 	$(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e .
 	for p in $(PLUGINS); do $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps -e $$p || exit 1; done
 	touch $(STAMP)

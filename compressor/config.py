@@ -36,7 +36,7 @@ class EvalConfig:
     min_speedup: Optional[float] = None  # engine p50 latency vs the baseline PyTorch model's
     warmup: int = 10
     iters: int = 50
-    parity_samples: int = 64
+    parity_samples: int = 512  # validation inputs parity is judged on (all of them where the split is smaller)
 
 
 @dataclass

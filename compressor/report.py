@@ -112,6 +112,18 @@ def training_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def parity_line(p: dict[str, Any]) -> str:
+    """What parity judged (statistic, tolerance, samples) and the statistics reported beside it."""
+    line = (f"- parity with PyTorch on {p['samples']} inputs: {p.get('statistic', 'relative_error')} "
+            f"{_g(p.get('value'))} (tolerance {_g(p.get('tolerance'))}, {'passed' if p['passed'] else '**failed**'}); "
+            f"cosine mean {_g(p.get('cosine_mean'))}, min {_g(p.get('cosine_min'))}; max abs {_g(p['max_abs'])}")
+    if p.get("kl_mean") is not None:
+        line += f"; KL {_g(p['kl_mean'])}; top-1 agreement {_g(p.get('agreement'))}"
+        if p.get("agreement_confident") is not None:
+            line += f", {_g(p['agreement_confident'])} on the {p['confident_samples']} confident inputs"
+    return line
+
+
 def markdown(report: dict[str, Any], plot: str | None) -> str:
     lines = [f"# {report['recipe']}: {report['status']}", ""]
     titles = [_metric_title(report) if k == "metric" else t for k, t in COLUMNS]
@@ -127,8 +139,7 @@ def markdown(report: dict[str, Any], plot: str | None) -> str:
     for e in engines(report):
         lines += ["", f"## Engine: {e['target']} {e['precision']}", "",
                   f"- file: `{e['path']}` ({e['size_bytes']} bytes), provider {e['provider']}",
-                  f"- parity with PyTorch: max abs {_g(e['parity']['max_abs'])}, mean abs {_g(e['parity']['mean_abs'])}, "
-                  f"top-1 agreement {e['parity'].get('agreement')}"]
+                  parity_line(e["parity"])]
         if e.get("throughput"):
             lines.append(f"- throughput: {e['throughput']['samples_per_s']:,.0f} samples/s at batch {e['throughput']['batch']}")
         if e.get("notes", {}).get("kernels"):
