@@ -35,6 +35,9 @@ bench: setup
 	$(BIN)/python bench/targets.py
 	$(BIN)/python bench/rewrites.py
 	$(BIN)/python bench/sweep.py
+	$(BIN)/python bench/parity.py
+	$(BIN)/python bench/real_vision.py
+	$(BIN)/python bench/real_text.py
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

@@ -141,7 +141,7 @@ def measure(name: str, model, data, tmp: Path) -> dict:
     fp32 = export_onnx(model, example, tmp / f"{name}_fp32.onnx")
     paths = {
         "onnx_fp32": fp32,
-        "ours": export_onnx(quantized, example, tmp / f"{name}_ours.onnx", calib=data.calibration_inputs(len(data.calib))),
+        "ours": export_onnx(quantized, example, tmp / f"{name}_ours.onnx"),
         "ort": quantize_ort(fp32, tmp / f"{name}_ort.onnx", data),
         # The same call set up as ours is (and as its docstring advises for x86 without VNNI):
         # per-channel weights, uint8 activations, 7-bit weights where ours uses them.

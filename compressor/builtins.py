@@ -5,6 +5,8 @@ from __future__ import annotations
 def register() -> None:
     from compressor import metrics
     from compressor.data import digits, images, tensors, text, torchvision_data
+    from compressor.data import photos
+    from compressor.models import efficientnet_lite
     from compressor.models import digits_cnn, huggingface, timm_zoo, torchvision_zoo
     from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
     from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8, quantize_qat
@@ -40,6 +42,7 @@ def register() -> None:
     MODELS.add("torchvision", torchvision_zoo.build, torchvision_zoo.TorchvisionParams)
     MODELS.add("huggingface", huggingface.build, huggingface.HuggingFaceParams)
     MODELS.add("timm", timm_zoo.build, timm_zoo.TimmParams)
+    MODELS.add("efficientnet_lite", efficientnet_lite.build, efficientnet_lite.EfficientNetLiteParams)
     DATASETS.add("digits", digits.build, digits.DigitsParams)
     DATASETS.add("imagefolder", images.build_imagefolder, images.ImageFolderParams)
     DATASETS.add("synthetic", images.build_synthetic, images.SyntheticParams)
@@ -47,6 +50,7 @@ def register() -> None:
     DATASETS.add("text", text.build_text, text.TextParams)
     DATASETS.add("tensors", tensors.build, tensors.TensorsParams)
     DATASETS.add("torchvision_dataset", torchvision_data.build, torchvision_data.TorchvisionDatasetParams)
+    DATASETS.add("photos", photos.build, photos.PhotosParams)
 
     for fn in (metrics.top1, metrics.top5, metrics.agreement, metrics.fidelity, metrics.neighbour_agreement,
                metrics.output_mse):

@@ -21,7 +21,7 @@ from torch import nn
 from compressor.atomic import atomic_path
 from compressor.errors import UserError
 from compressor.factorized import Factorized
-from compressor.quant import QuantWrapper, WeightOnly, float_dtype
+from compressor.quant import QuantEmbedding, QuantWrapper, WeightOnly, float_dtype
 
 FORMAT = "compressor-checkpoint/1"
 
@@ -44,7 +44,10 @@ MODULE_TYPES: dict[str, tuple[type, list[str]]] = {
 
 def module_spec(m: nn.Module) -> dict[str, Any] | None:
     if isinstance(m, QuantWrapper):
-        return {"type": "QuantWrapper", "weight_bits": m.weight_bits, "dynamic": m.dynamic, "inner": module_spec(m.inner)}
+        return {"type": "QuantWrapper", "weight_bits": m.weight_bits, "dynamic": m.dynamic,
+                "quantize_output": m.quantize_output, "activations": m.activations, "inner": module_spec(m.inner)}
+    if isinstance(m, QuantEmbedding):
+        return {"type": "QuantEmbedding", "inner": module_spec(m.inner)}
     if isinstance(m, WeightOnly):
         return {"type": "WeightOnly", "bits": m.bits, "group_size": m.group_size, "symmetric": m.symmetric,
                 "inner": module_spec(m.inner)}
@@ -67,7 +70,11 @@ def build_module(spec: dict[str, Any]) -> nn.Module:
     kind = spec.get("type")
     if kind == "QuantWrapper":
         return QuantWrapper(build_module(spec["inner"]), weight_bits=int(spec["weight_bits"]),
-                            dynamic=bool(spec.get("dynamic", False)))
+                            dynamic=bool(spec.get("dynamic", False)),
+                            quantize_output=bool(spec.get("quantize_output", False)),
+                            activations="per_token" if spec.get("activations") == "per_token" else "per_tensor")
+    if kind == "QuantEmbedding":
+        return QuantEmbedding(build_module(spec["inner"]))
     if kind == "WeightOnly":
         return WeightOnly(build_module(spec["inner"]), bits=int(spec["bits"]), group_size=int(spec["group_size"]),
                           symmetric=bool(spec["symmetric"]))
@@ -90,7 +97,7 @@ def layer_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
         spec = module_spec(m)
         if spec is not None:
             specs[name] = spec
-            if isinstance(m, (QuantWrapper, WeightOnly, Factorized)):  # their spec holds their children's
+            if isinstance(m, (QuantWrapper, QuantEmbedding, WeightOnly, Factorized)):  # their spec holds their children's
                 skip = tuple(list(skip) + [name + "."])
     return specs
 

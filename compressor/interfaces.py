@@ -31,9 +31,6 @@ class DataSplits:
         x, _ = next(iter(self.val))
         return x[:batch].clone()
 
-    def calibration_inputs(self, batches: int) -> list[torch.Tensor]:
-        return [x for (x, _), _ in zip(self.calib, range(batches))]
-
 
 @dataclass
 class Context:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from compressor.quant import QuantWrapper, WeightOnly, as_input
+from compressor.quant import QuantEmbedding, QuantWrapper, WeightOnly, as_input
 from compressor.registry import METRICS
 
 
@@ -47,7 +47,7 @@ def layer_bytes(model: nn.Module) -> dict[str, int]:
 def _layer_sizes(model: nn.Module) -> dict[str, float]:
     quantized, sizes = {}, {}
     for name, m in model.named_modules():
-        if isinstance(m, (QuantWrapper, WeightOnly)):  # int8 storage; WeightOnly at its bits
+        if isinstance(m, (QuantWrapper, QuantEmbedding, WeightOnly)):  # int8 storage; WeightOnly at its bits
             quantized[f"{name}.inner.weight" if name else "inner.weight"] = getattr(m, "bits", 8) / 8
     for name, t in model.state_dict().items():
         layer = name.rsplit(".", 1)[0] if "." in name else ""

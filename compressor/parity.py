@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "fp16": 2.0 ** -11, "bf16": 2.0 ** -8, "fp8": 2.0 ** -4, "int8": 2.0 ** -8}
-# Rounding differences accumulate through a deep network; measured on the packaged and real
-# models (bench/results/parity.json), the engines stay well inside these margins.
-MARGIN = {"fp32": 2 ** 7, "fp16": 2 ** 4, "bf16": 2 ** 3, "fp8": 2 ** 2, "int8": 2 ** 3}
+# Rounding differences accumulate through a deep network (bench/results/parity.json): INT8
+# engines measured 0.0013 (digits CNN), 0.006 (mobilenet_v3), 0.019 (resnet18) and 0.036
+# (efficientnet-lite0 at 224x224, 65 quantized layers: one-step flips where fp32 accumulation
+# and integer accumulation round a tie differently); a wrong scale or a dropped layer is > 0.2.
+MARGIN = {"fp32": 2 ** 7, "fp16": 2 ** 4, "bf16": 2 ** 3, "fp8": 2 ** 2, "int8": 2 ** 4}
 CONFIDENT = 0.5  # top-1 probability above which a classifier's reference is not a near-tie
 
 

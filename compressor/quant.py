@@ -22,16 +22,28 @@ QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 class QuantWrapper(nn.Module):
     """Fake-quantizes the input activation and the weight of one Conv/Linear."""
 
-    def __init__(self, inner: nn.Module, weight_bits: int = 8, dynamic: bool = False):
+    def __init__(self, inner: nn.Module, weight_bits: int = 8, dynamic: bool = False, quantize_output: bool = False,
+                 activations: str = "per_tensor"):
         super().__init__()
         self.inner = inner
         self.weight_bits = weight_bits  # 7 = reduce_range (see `needs_reduce_range`); 2..8 allowed
         self.dynamic = dynamic  # activation range measured on each input, as ONNX Runtime's dynamic INT8 does
+        # A conv whose output feeds a residual Add: its output is fake-quantized too, so the export
+        # has a Q/DQ after it (ONNX Runtime runs it as QLinearConv) and PyTorch computes what the
+        # engine computes. The Add itself stays float: its other input is not ours to quantize.
+        self.quantize_output = quantize_output
+        # dynamic only: "per_tensor" (one uint8 range per input, ONNX Runtime's DynamicQuantizeLinear) or
+        # "per_token" (one symmetric scale per row of the input's last axis; see `per_token_linear`)
+        self.activations = activations
         out = inner.weight.shape[0]
         self.register_buffer("act_scale", torch.ones(()))
         self.register_buffer("act_zero_point", torch.zeros((), dtype=torch.int32))
         self.register_buffer("weight_scale", torch.ones(out))
+        if quantize_output:
+            self.register_buffer("out_scale", torch.ones(()))
+            self.register_buffer("out_zero_point", torch.zeros((), dtype=torch.int32))
         self.observer = None  # set during calibration only
+        self.out_observer = None
 
     @property
     def qmax(self) -> int:
@@ -43,16 +55,27 @@ class QuantWrapper(nn.Module):
         self.weight_scale.copy_((w / self.qmax).clamp_min(1e-12))
 
     def set_act_range(self, lo: float, hi: float) -> None:
-        lo, hi = min(lo, 0.0), max(hi, 0.0)  # zero must be exactly representable
-        scale = max((hi - lo) / 255.0, 1e-12)
-        self.act_scale.fill_(scale)
-        self.act_zero_point.fill_(int(min(255, max(0, round(-lo / scale)))))
+        _set_uint8_range(self.act_scale, self.act_zero_point, lo, hi)
+
+    def set_out_range(self, lo: float, hi: float) -> None:
+        _set_uint8_range(self.out_scale, self.out_zero_point, lo, hi)
 
     def quantized_weight(self) -> torch.Tensor:
         # The op's range stays int8 (what ONNX accepts); the scale (max |w| / qmax) keeps
         # values inside +-qmax, so 7-bit weights are plain int8 values that never exceed 63.
         zp = torch.zeros_like(self.weight_scale, dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(self.inner.weight, self.weight_scale, zp, 0, -128, 127)
+
+    def weight_integers(self) -> torch.Tensor:
+        """The integers of `quantized_weight` (float tensor, values in [-qmax, qmax]), kept until
+        the weight or its scale change (in-place changes bump a tensor's version)."""
+        w, scale = self.inner.weight, self.weight_scale
+        key = (w.data_ptr(), w._version, scale.data_ptr(), scale._version)
+        if getattr(self, "_integers_key", None) != key:
+            with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable outside inference mode too
+                self._integers = torch.round(self.quantized_weight() / scale.reshape(-1, *[1] * (w.dim() - 1)))
+            self._integers_key = key
+        return self._integers
 
     # --- quantization-aware training -------------------------------------------------
     # Plain QAT: the fake-quant ops pass gradients straight through (inside the range) and the
@@ -82,11 +105,21 @@ class QuantWrapper(nn.Module):
         return x, w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._forward(x)
+        if self.out_observer is not None:
+            self.out_observer.observe(y)
+        elif self.quantize_output and self.observer is None:
+            y = torch.fake_quantize_per_tensor_affine(y, float(self.out_scale), int(self.out_zero_point), 0, 255)
+        return y
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer.observe(x)
             return self.inner(x)
         if hasattr(self, "act_scale_p"):
             x, w = self._lsq(x)
+        elif self.dynamic and self.activations == "per_token":
+            return per_token_linear(x, self.weight_integers(), self.weight_scale, self.inner.bias)
         elif self.dynamic:
             with torch.no_grad():
                 self.set_act_range(float(x.min()), float(x.max()))
@@ -100,6 +133,13 @@ class QuantWrapper(nn.Module):
         if isinstance(self.inner, nn.Linear):
             return F.linear(x, w, self.inner.bias)
         return self.inner._conv_forward(x, w, self.inner.bias)
+
+
+def _set_uint8_range(scale: torch.Tensor, zero_point: torch.Tensor, lo: float, hi: float) -> None:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)  # zero must be exactly representable
+    s = max((hi - lo) / 255.0, 1e-12)
+    scale.fill_(s)
+    zero_point.fill_(int(min(255, max(0, round(-lo / s)))))
 
 
 class MinMaxObserver:
@@ -281,3 +321,65 @@ class WeightOnly(nn.Module):
 
 def is_weight_only(model: nn.Module) -> bool:
     return any(isinstance(m, WeightOnly) for m in model.modules())
+
+
+# --- dynamic INT8 with one activation scale per token ------------------------------------------
+# Why by hand: ONNX Runtime's quantize_dynamic has one activation range per tensor (its
+# DynamicQuantizeLinear), and on a sentence embedder that range is set by a few outlier tokens and
+# the padding: all-MiniLM-L6-v2 keeps a mean cosine of 0.962 (0.992 with per-channel weights) to
+# FP32. A scale per token (row) keeps 0.997. No runtime has a fused op for it that exports to
+# plain ONNX, so the export (compressor/targets/onnx_dynamic.py) writes it from standard ops, and
+# this function computes exactly those ops in the same order, so PyTorch and the engine agree.
+
+PER_TOKEN_EPS = 1e-30  # a row of zeros gets this max |x|: its integers are 0, not NaN
+PER_TOKEN_ZERO_POINT = 128  # uint8 activations and weights, zero point 128 (see onnx_dynamic)
+
+
+def per_token_linear(x: torch.Tensor, w_int: torch.Tensor, w_scale: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """What the engine computes, op for op, in the same float32 order: m = max(max|x| over the
+    last axis, eps); q = round_half_even(x * (127 / m)) (in [-127, 127]); acc = q @ w_int^T in
+    integers; y = (acc * w_scale) * (m / 127) (+ bias). The integer product is exact in float32
+    while every partial sum stays below 2^24 (127 * 127 * K: always for K <= 1040, and far from it
+    in practice for larger K). `torch.div(tensor(127), m)`, not `127 / m`: PyTorch computes the
+    latter as 127 * (1 / m), which differs from a true division in the last bit."""
+    m = x.abs().amax(-1, keepdim=True).clamp_min(PER_TOKEN_EPS)
+    q = torch.round(x * torch.div(m.new_tensor(127.0), m)).clamp(-128, 127)
+    acc = q @ w_int.t().to(x.dtype)
+    y = acc * w_scale * (m / 127)
+    return y if bias is None else y + bias
+
+
+def is_per_token(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantWrapper) and m.dynamic and m.activations == "per_token" for m in model.modules())
+
+
+class QuantEmbedding(nn.Module):
+    """An nn.Embedding whose table sits on an int8 grid, one symmetric scale per row: the engine
+    stores the int8 table and the scales and computes Gather(table) * Gather(scale). The inner
+    weight holds the dequantized values (q * scale, exactly what the engine computes), so forward
+    is the embedding itself and `integers()` recovers q exactly."""
+
+    def __init__(self, inner: nn.Embedding):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("scale", torch.ones(inner.num_embeddings))
+
+    @property
+    def weight(self) -> nn.Parameter:  # code that reads `embeddings.weight` (tying, dtype checks) keeps working
+        return self.inner.weight
+
+    @torch.no_grad()
+    def quantize(self) -> None:
+        w = self.inner.weight.float()
+        scale = (w.abs().amax(1) / 127).clamp_min(1e-12)
+        q = torch.round(w / scale[:, None]).clamp(-127, 127)
+        self.scale.copy_(scale)
+        self.inner.weight.copy_((q * scale[:, None]).to(self.inner.weight.dtype))
+
+    def integers(self) -> torch.Tensor:
+        """(num_embeddings, dim) int8."""
+        return torch.round(self.inner.weight.float() / self.scale[:, None]).clamp(-127, 127).to(torch.int8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.inner(ids)

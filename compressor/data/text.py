@@ -36,7 +36,11 @@ def _resolve_packaged(params, *keys: str) -> None:
 def _check_tokenizer(params):
     if not installed("transformers"):
         yield "kind", "needs the transformers package: pip install 'compressor[hf]'"
-    if not Path(params.tokenizer).is_dir():
+    from compressor.models.packaged import missing
+
+    if missing(params.tokenizer):
+        yield "tokenizer", missing(params.tokenizer)
+    elif not Path(params.tokenizer).is_dir():
         yield "tokenizer", f"folder not found: {params.tokenizer}"
     if params.max_length < 2:
         yield "max_length", f"must be >= 2, got {params.max_length}"

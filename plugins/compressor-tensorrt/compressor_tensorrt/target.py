@@ -92,8 +92,7 @@ class TensorRTTarget:
         options = BuildOptions(workspace_bytes=int(p.workspace_gb * (1 << 30)), min_batch=1,
                                opt_batch=p.opt_batch, max_batch=p.max_batch, timing_cache=cache)
         with tempfile.TemporaryDirectory() as tmp:  # the ONNX is a step, not an artifact
-            calib = ctx.data.calibration_inputs(ctx.shared.get("calibration_batches", 8)) if precision == "int8" else None
-            exported = export_onnx(model, ctx.example_input.cpu(), Path(tmp) / "model.onnx", opset=p.opset, calib=calib)
+            exported = export_onnx(model, ctx.example_input.cpu(), Path(tmp) / "model.onnx", opset=p.opset)
             graph, rewrites = to_tensorrt_qdq(onnx.load(str(exported)))
             _check_graph(graph, precision)
             onnx_path = Path(tmp) / "model.trt.onnx"
