@@ -35,6 +35,7 @@ from torch import nn
 from compressor.errors import UserError
 from compressor.interfaces import Context
 from compressor.params import one_of
+from compressor.quant import needs_reduce_range
 from compressor.targets.onnx_export import export_onnx
 
 DEVICES = ("CPU", "GPU", "NPU")
@@ -155,7 +156,11 @@ class OpenVinoTarget:
         staging = Path(tempfile.mkdtemp(prefix=".openvino-", dir=out_dir))  # same filesystem: atomic renames
         try:
             with tempfile.TemporaryDirectory() as tmp:  # the ONNX file is a step, not an artifact
-                onnx_path = export_onnx(model, ctx.example_input, Path(tmp) / "model.onnx")
+                # x86 CPUs without VNNI: oneDNN's u8 x s8 kernels saturate on 8-bit weights of 1x1 convs and
+                # Linear (efficientnet-lite0: parity 0.49); stored as uint8 they are dequantized and run in
+                # f32 (exact, not faster). 7-bit weights (the stage's reduce_range: auto) stay integer.
+                onnx_path = export_onnx(model, ctx.example_input, Path(tmp) / "model.onnx",
+                                        uint8_weights=p.device == "CPU" and needs_reduce_range())
                 ov_model = ov.Core().read_model(str(onnx_path))
                 ov_model.set_rt_info(p.precision, _RT_KEY)
                 # compress_to_fp16 only for fp16: FP32 weights stay FP32, INT8 scales stay f32
