@@ -23,8 +23,10 @@ $(STAMP): requirements-ci.txt requirements-real.txt pyproject.toml $(PLUGINS:%=%
 run: setup
 	$(BIN)/compressor run
 
+# two workers, a test file each at a time (module fixtures stay shared): both cores busy while one
+# test waits on a subprocess
 test: setup
-	$(BIN)/python -m pytest -q -ra --durations=20
+	$(BIN)/python -m pytest -q -ra --durations=20 -n 2 --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/default_recipe.py

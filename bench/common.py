@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import re
+import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -50,3 +55,38 @@ def update_readme(name: str, markdown: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     readme.write_text(text)
+
+
+def interleaved_p50(fns: dict, warmup: int, iters: int) -> dict[str, float]:
+    """Median ms of each callable. Every round calls each once, in a fresh random order: a burst
+    of load from other jobs on the machine hits all alike, and no engine always runs right after
+    the same one (one following the FP32 engine finds its weights evicted from cache)."""
+    names, rng = list(fns), random.Random(0)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times = {n: [] for n in names}
+    for _ in range(iters):
+        rng.shuffle(names)
+        for n in names:
+            t = time.perf_counter()
+            fns[n]()
+            times[n].append((time.perf_counter() - t) * 1e3)
+    return {n: float(np.median(v)) for n, v in times.items()}
+
+
+def import_nncf():
+    """nncf without its usage telemetry (as compressor.targets.openvino imports openvino): with
+    openvino_telemetry hidden at import, nncf keeps its no-op stub."""
+    from compressor.targets.openvino import import_openvino
+
+    import_openvino()
+    hidden = "openvino_telemetry" not in sys.modules
+    if hidden:
+        sys.modules["openvino_telemetry"] = None
+    try:
+        import nncf
+    finally:
+        if hidden:
+            sys.modules.pop("openvino_telemetry", None)
+    return nncf

@@ -19,17 +19,16 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 from common import write_result  # noqa: E402
 
 TIMING = ["eval.warmup=20", "eval.iters=200", "eval.max_drop=null", "device=cuda"]
 
 
 def models(tmp: Path) -> dict[str, list[str]]:
-    from conftest import make_sentiment_csv, make_tiny_bert
+    from compressor.testing import sentiment_csv, tiny_bert
 
-    folder = make_tiny_bert(tmp / "bert")
-    csv = make_sentiment_csv(tmp / "sentiment.csv", n=800)
+    folder = tiny_bert(tmp / "bert")
+    csv = sentiment_csv(tmp / "sentiment.csv", n=800)
     return {
         "resnet18 224x224": ["model=torchvision", "model.name=resnet18", "model.num_classes=10", "data.image_size=224",
                              "data.channels=3"],

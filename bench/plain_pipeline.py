@@ -16,10 +16,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from compressor.data.digits import DigitsParams, build as build_digits
 from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
-from compressor.quant import QUANTIZABLE, PercentileObserver, QuantWrapper, needs_reduce_range
-from compressor.stages.quantize_int8 import fold_batchnorm
-from compressor.targets.onnx_export import export_onnx
-from compressor.training import accuracy, fit
+from compressor.modules.quant import QUANTIZABLE, PercentileObserver, QuantWrapper, needs_reduce_range
+from compressor.stages.quantize.int8 import fold_batchnorm
+from compressor.targets.onnx.export import export_onnx
+from compressor.training.loop import accuracy, fit
 
 
 def p50(fn, warmup=10, iters=50):

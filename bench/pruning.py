@@ -27,10 +27,10 @@ def main() -> None:
     import torchvision
     from torch.utils.data import DataLoader, TensorDataset
 
-    from compressor import measure
-    from compressor.interfaces import Context, DataSplits
-    from compressor.stages.prune_structured import PruneStructured, PruneStructuredParams
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.measure import stats as measure
+    from compressor.core.interfaces import Context, DataSplits
+    from compressor.stages.prune.structured import PruneStructured, PruneStructuredParams
+    from compressor.targets.onnx.export import export_onnx
     from compressor.targets.onnxruntime import OrtEngine
 
     torch.manual_seed(0)

@@ -10,19 +10,16 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # make_tiny_bert, make_sentiment_csv
-from common import update_readme, write_result  # noqa: E402
+from common import interleaved_p50, update_readme, write_result  # noqa: E402
 
 THREADS = 1  # every engine on one thread: the 2 cores are shared, and it keeps the comparison fair
 WARMUP, ITERS = 50, 500
@@ -39,7 +36,7 @@ def resnet18():
     import torchvision
 
     from compressor.data.digits import DigitsParams, build as build_digits
-    from compressor.training import fit
+    from compressor.training.loop import fit
 
     torch.manual_seed(0)
     data = build_digits(DigitsParams(image_size=32, channels=3))
@@ -49,14 +46,14 @@ def resnet18():
 
 
 def tiny_bert(tmp: Path):
-    from conftest import make_sentiment_csv, make_tiny_bert
+    from compressor.testing import sentiment_csv, tiny_bert
 
     from compressor.data.text import HFDatasetParams, build as build_text
     from compressor.models.huggingface import HuggingFaceParams, build
-    from compressor.training import fit
+    from compressor.training.loop import fit
 
-    folder = make_tiny_bert(tmp / "bert")
-    csv = make_sentiment_csv(tmp / "sentiment.csv", n=800)  # 160 validation rows instead of 32
+    folder = tiny_bert(tmp / "bert")
+    csv = sentiment_csv(tmp / "sentiment.csv", n=800)  # 160 validation rows instead of 32
     data = build_text(HFDatasetParams(train=str(csv), tokenizer=str(folder), max_length=16))
     model = build(HuggingFaceParams(path=str(folder)))
     torch.manual_seed(0)
@@ -65,8 +62,8 @@ def tiny_bert(tmp: Path):
 
 
 def quantize_ours(model, data):
-    from compressor.interfaces import Context
-    from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params
+    from compressor.core.interfaces import Context
+    from compressor.stages.quantize.int8 import QuantizeInt8, QuantizeInt8Params
 
     stage = QuantizeInt8()
     stage.params = QuantizeInt8Params(calibration_batches=len(data.calib))  # defaults otherwise
@@ -103,24 +100,6 @@ def onnx_accuracy(engine, loader) -> float:
     return right / total
 
 
-def interleaved_p50(fns: dict, warmup: int = WARMUP, iters: int = ITERS) -> dict[str, float]:
-    """Median ms of each callable. Every round calls each once, in a fresh random order: a burst
-    of load from other jobs on the machine hits all alike, and no engine always runs right after
-    the same one (one following the FP32 engine finds its weights evicted from cache)."""
-    names, rng = list(fns), random.Random(0)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    times = {n: [] for n in names}
-    for _ in range(iters):
-        rng.shuffle(names)
-        for n in names:
-            t = time.perf_counter()
-            fns[n]()
-            times[n].append((time.perf_counter() - t) * 1e3)
-    return {n: float(np.median(v)) for n, v in times.items()}
-
-
 ENGINES = {  # key: what the table calls it
     "onnx_fp32": "ONNX Runtime FP32",
     "ours": "**ours**: quantize_int8 + export_onnx",
@@ -132,9 +111,9 @@ ENGINES = {  # key: what the table calls it
 def measure(name: str, model, data, tmp: Path) -> dict:
     from onnxruntime.quantization import QuantType
 
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.targets.onnx.export import export_onnx
     from compressor.targets.onnxruntime import INTEGER_KERNELS, OrtEngine
-    from compressor.training import accuracy
+    from compressor.training.loop import accuracy
 
     example = data.example_input()
     quantized, notes = quantize_ours(model, data)
@@ -151,7 +130,8 @@ def measure(name: str, model, data, tmp: Path) -> dict:
     engines = {k: OrtEngine(p, threads=THREADS) for k, p in paths.items()}
     x = example.numpy()
     with torch.inference_mode():
-        p50 = interleaved_p50({"torch_fp32": lambda: model(example), **{k: (lambda e=e: e(x)) for k, e in engines.items()}})
+        p50 = interleaved_p50({"torch_fp32": lambda: model(example), **{k: (lambda e=e: e(x)) for k, e in engines.items()}},
+                              WARMUP, ITERS)
     row = {"model": name, "reduce_range": notes["reduce_range"],
            "torch_fp32": {"top1": accuracy(model, data.val), "p50_ms": p50["torch_fp32"]}}
     for k, e in engines.items():

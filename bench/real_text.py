@@ -31,7 +31,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, update_readme, write_result  # noqa: E402
+from common import import_nncf, machine, update_readme, write_result  # noqa: E402
 
 QUICK = os.environ.get("QUICK") == "1"
 THREADS = (1, 2)  # latency on 1 thread (CPU time: robust to other jobs on the 2 shared cores) and on both cores (wall)
@@ -44,7 +44,7 @@ RECIPE = HERE.parent / "recipes" / "minilm_int8_ort.yaml"
 
 def sentences() -> list[str]:
     from compressor.data.text import read_sentences
-    from compressor.models.packaged import resolve
+    from compressor.core.packaged import resolve
 
     return read_sentences(resolve("packaged:texts/python_docs.txt"), "data.path")
 
@@ -53,14 +53,14 @@ def recipe_stage_params():
     """The quantize stage's parameters as the packaged recipe sets them."""
     from omegaconf import OmegaConf
 
-    from compressor.stages.quantize_dynamic import QuantizeDynamicParams
+    from compressor.stages.quantize.dynamic import QuantizeDynamicParams
 
     return QuantizeDynamicParams(**OmegaConf.to_container(OmegaConf.load(RECIPE).stages.quantize))
 
 
 def quantize_ours(model):
-    from compressor.interfaces import Context
-    from compressor.stages.quantize_dynamic import QuantizeDynamic
+    from compressor.core.interfaces import Context
+    from compressor.stages.quantize.dynamic import QuantizeDynamic
 
     stage = QuantizeDynamic()
     stage.params = recipe_stage_params()
@@ -80,23 +80,6 @@ def quantize_ort(fp32: Path, out: Path, **options) -> Path:
     finally:
         root.setLevel(level)
     return out
-
-
-def import_nncf():
-    """nncf without its usage telemetry (it falls back to a no-op without openvino_telemetry),
-    as compressor imports OpenVINO."""
-    from compressor.targets.openvino import import_openvino
-
-    import_openvino()
-    hide = "openvino_telemetry" not in sys.modules
-    if hide:
-        sys.modules["openvino_telemetry"] = None
-    try:
-        import nncf
-    finally:
-        if hide:
-            sys.modules.pop("openvino_telemetry", None)
-    return nncf
 
 
 class OvEngine:
@@ -174,8 +157,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from compressor.models.huggingface import HuggingFaceParams, build
-    from compressor.models.packaged import missing, resolve
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.core.packaged import missing, resolve
+    from compressor.targets.onnx.export import export_onnx
     from compressor.targets.onnxruntime import OrtEngine
 
     t0 = time.perf_counter()

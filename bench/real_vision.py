@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import update_readme, write_result  # noqa: E402
+from common import import_nncf, interleaved_p50, update_readme, write_result  # noqa: E402
 
 THREADS = 2
 WARMUP, ITERS = 20, 300
@@ -57,23 +56,6 @@ def agreement(out: np.ndarray, ref: np.ndarray) -> dict:
             "agree_all": int(same.sum()), "agree_confident": int(same[confident].sum())}
 
 
-def interleaved_p50(fns: dict, warmup: int = WARMUP, iters: int = ITERS) -> dict[str, float]:
-    """Median ms of each callable; every round calls each once, in a fresh random order (as
-    bench/quantization.py), so bursts of load from other jobs hit all alike."""
-    names, rng = list(fns), random.Random(0)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    times = {n: [] for n in names}
-    for _ in range(iters):
-        rng.shuffle(names)
-        for n in names:
-            t = time.perf_counter()
-            fns[n]()
-            times[n].append((time.perf_counter() - t) * 1e3)
-    return {n: float(np.median(v)) for n, v in times.items()}
-
-
 def quantize_ort(fp32: Path, out: Path, batches: list[np.ndarray]) -> Path:
     """ONNX Runtime's static quantizer on the FP32 file: QDQ, per-channel, MinMax (its defaults
     otherwise: int8 activations and weights, no reduce_range), after quant_pre_process."""
@@ -92,23 +74,6 @@ def quantize_ort(fp32: Path, out: Path, batches: list[np.ndarray]) -> Path:
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     calibrate_method=CalibrationMethod.MinMax)
     return out
-
-
-def import_nncf():
-    """nncf without its usage telemetry (as compressor.targets.openvino imports openvino): with
-    openvino_telemetry hidden at import, nncf keeps its no-op stub."""
-    from compressor.targets.openvino import import_openvino
-
-    import_openvino()
-    hidden = "openvino_telemetry" not in sys.modules
-    if hidden:
-        sys.modules["openvino_telemetry"] = None
-    try:
-        import nncf
-    finally:
-        if hidden:
-            sys.modules.pop("openvino_telemetry", None)
-    return nncf
 
 
 def openvino_engines(fp32: Path, out: Path, batches: list[np.ndarray]) -> dict:
@@ -178,7 +143,7 @@ def main() -> None:
 
     from compressor.data.photos import PhotosParams, build as build_photos
     from compressor.models.efficientnet_lite import EfficientNetLiteParams, build
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.targets.onnx.export import export_onnx
     from compressor.targets.onnxruntime import INTEGER_KERNELS, OrtEngine
 
     t0 = time.perf_counter()
@@ -223,7 +188,7 @@ def main() -> None:
         x = example.numpy()
         with torch.inference_mode():
             p50 = interleaved_p50({"torch_fp32": lambda: model(example),
-                                   **{k: (lambda e=e: e(x)) for k, e in engines.items()}})
+                                   **{k: (lambda e=e: e(x)) for k, e in engines.items()}}, WARMUP, ITERS)
     gemm = gemm_throughput()
     print("GEMM 1024^3, 1 thread:", gemm, flush=True)
     for k, row in rows.items():

@@ -23,13 +23,14 @@ MAX_DROP_POINTS = 2.0  # the claim: both rewrites end within 2 points of the ref
 def main() -> None:
     import torch
 
-    from compressor import measure
+    from compressor.measure import stats as measure
     from compressor.data.digits import DigitsParams, build as build_digits
-    from compressor.interfaces import Context
+    from compressor.core.interfaces import Context
     from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
-    from compressor.stages.depthwise import Depthwise, DepthwiseParams
-    from compressor.stages.lowrank import LowRank, LowRankParams
-    from compressor.training import accuracy
+    from compressor.stages.rewrite.depthwise import Depthwise, DepthwiseParams
+    from compressor.stages.rewrite.lowrank import LowRank, LowRankParams
+    from compressor.testing import params as recipe_params
+    from compressor.training.loop import accuracy
 
     data = build_digits(DigitsParams(), seed=SEED)
     x = data.example_input(1)
@@ -37,8 +38,8 @@ def main() -> None:
     ref_top1 = accuracy(reference, data.val)
     ref_macs, ref_params = measure.count_macs(reference, x), measure.count_params(reference)
     runs = {
-        "lowrank": (LowRank(), LowRankParams(epochs=EPOCHS, energy=0.8), "energy 0.8"),
-        "depthwise": (Depthwise(), DepthwiseParams(epochs=EPOCHS), "keep_first (the 1-channel conv stays)"),
+        "lowrank": (LowRank(), recipe_params(LowRankParams, epochs=EPOCHS, energy=0.8), "energy 0.8"),
+        "depthwise": (Depthwise(), recipe_params(DepthwiseParams, epochs=EPOCHS), "keep_first (the 1-channel conv stays)"),
     }
     rows = {}
     for name, (stage, params, setting) in runs.items():

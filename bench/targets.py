@@ -20,7 +20,6 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))  # make_tiny_bert, make_sentiment_csv
 from common import RESULTS, update_readme, write_result  # noqa: E402
 
 TIMING = ["eval.warmup=20", "eval.iters=200", "eval.max_drop=null"]
@@ -32,7 +31,7 @@ def resnet18(tmp: Path) -> list[str]:
     from safetensors.torch import save_file
 
     from compressor.data.digits import DigitsParams, build as build_digits
-    from compressor.training import fit
+    from compressor.training.loop import fit
 
     torch.manual_seed(0)
     data = build_digits(DigitsParams(image_size=32, channels=3))
@@ -45,14 +44,14 @@ def resnet18(tmp: Path) -> list[str]:
 
 
 def bert(tmp: Path) -> list[str]:
-    from conftest import make_sentiment_csv, make_tiny_bert
+    from compressor.testing import sentiment_csv, tiny_bert
 
     from compressor.data.text import HFDatasetParams, build as build_text
     from compressor.models.huggingface import HuggingFaceParams, build
-    from compressor.training import fit
+    from compressor.training.loop import fit
 
-    folder = make_tiny_bert(tmp / "bert")
-    csv = make_sentiment_csv(tmp / "sentiment.csv", n=800)
+    folder = tiny_bert(tmp / "bert")
+    csv = sentiment_csv(tmp / "sentiment.csv", n=800)
     model = build(HuggingFaceParams(path=str(folder)))
     torch.manual_seed(0)
     fit(model, build_text(HFDatasetParams(train=str(csv), tokenizer=str(folder), max_length=16)).train, epochs=3, lr=2e-3)

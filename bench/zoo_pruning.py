@@ -106,9 +106,9 @@ def check(name: str, family: str, row: dict) -> None:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from compressor.interfaces import Context, DataSplits
-    from compressor.stages.prune_structured import PruneStructured, PruneStructuredParams
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.core.interfaces import Context, DataSplits
+    from compressor.stages.prune.structured import PruneStructured, PruneStructuredParams
+    from compressor.targets.onnx.export import export_onnx
     from compressor.targets.onnxruntime import OrtEngine
 
     row["step"] = "build"

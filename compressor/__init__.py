@@ -13,9 +13,9 @@ if not os.environ.get("ORT_DISABLE_TELEMETRY"):
     os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 from compressor.api import bench_engine, compress, load_engine
-from compressor.checkpoint import load_checkpoint, save_checkpoint
+from compressor.run.checkpoint import load_checkpoint, save_checkpoint
 from compressor.errors import UserError
-from compressor.interfaces import Context, DataSplits, Engine, Stage, Target
+from compressor.core.interfaces import Context, DataSplits, Engine, Stage, Target
 from compressor.registry import dataset, metric, model, stage, target
 
 __version__ = "0.1.0"

@@ -12,21 +12,21 @@ import numpy as np
 from omegaconf import OmegaConf
 from rich.console import Console
 
-from compressor.atomic import write_text
+from compressor.core.atomic import write_text
 from compressor.errors import UserError
-from compressor.measure import latency
+from compressor.measure.stats import latency
 from compressor.registry import TARGETS
 
 
 def compress(recipe: str | None = None, overrides: list[str] | None = None, output_dir: str | Path | None = None):
     """Run a recipe (a packaged name or a .yaml path) as `compressor run` would.
     Returns (report, engine). Raises UserError for an invalid recipe."""
-    from compressor.cli import check, resolve_ref
-    from compressor.config import compose_recipe
-    from compressor.runner import run
+    from compressor.recipe.compose import compose_recipe, locate
+    from compressor.recipe.load import check
+    from compressor.run.runner import run
 
     overrides = list(overrides or [])
-    ref = resolve_ref(recipe, [])
+    ref = locate(recipe)
     plan = check(ref, overrides)[0]
     out = Path(output_dir) if output_dir else Path("outputs") / ref.name / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def bench_engine(path: str | Path, batch: int = 32, warmup: int = 10, iters: int
 
 
 def rebuild_report(path: str | Path, console: Console) -> dict[str, Any]:
-    from compressor.report import print_table, write_readable
+    from compressor.report.writer import print_table, write_readable
 
     path = Path(path)
     file = path / "report.json"

@@ -1,57 +1,49 @@
-"""The built-in components, registered explicitly: this file is the list of what ships."""
+"""The built-in components: this list is what ships. Each entry is (kind, name, object, params) with
+"module:attribute" references; the registry imports a module only when one of its entries is used, so
+nothing here imports anything and no import cycle runs through the registry."""
 from __future__ import annotations
 
+S, T = "compressor.stages", "compressor.targets"
+M, D, E = "compressor.models", "compressor.data", "compressor.measure.metrics"
 
-def register() -> None:
-    from compressor import metrics
-    from compressor.data import digits, images, tensors, text, torchvision_data
-    from compressor.data import photos
-    from compressor.models import efficientnet_lite
-    from compressor.models import digits_cnn, huggingface, timm_zoo, torchvision_zoo
-    from compressor.registry import DATASETS, METRICS, MODELS, STAGES, TARGETS
-    from compressor.stages import finetune, prune_magnitude, prune_structured, quantize_int8, quantize_qat
-    from compressor.stages import quantize_dynamic, quantize_experimental, quantize_float, quantize_weight_only
-    from compressor.stages import depthwise, distill, lowrank, prune_layers, prune_nm, sensitivity, student
-    from compressor.targets import onnxruntime, openvino, torch_export
+BUILTINS: list[tuple[str, str, str, str | None]] = [
+    ("stage", "prune_magnitude", f"{S}.prune.magnitude:PruneMagnitude", f"{S}.prune.magnitude:PruneMagnitudeParams"),
+    ("stage", "prune_structured", f"{S}.prune.structured:PruneStructured", f"{S}.prune.structured:PruneStructuredParams"),
+    ("stage", "prune_nm", f"{S}.prune.nm:PruneNM", f"{S}.prune.nm:PruneNMParams"),
+    ("stage", "prune_layers", f"{S}.prune.layers:PruneLayers", f"{S}.prune.layers:PruneLayersParams"),
+    ("stage", "sensitivity", f"{S}.prune.sensitivity:Sensitivity", f"{S}.prune.sensitivity:SensitivityParams"),
+    ("stage", "finetune", f"{S}.train.finetune:Finetune", f"{S}.train.finetune:FinetuneParams"),
+    ("stage", "distill", f"{S}.train.distill:Distill", f"{S}.train.distill:DistillParams"),
+    ("stage", "student", f"{S}.train.student:Student", f"{S}.train.student:StudentParams"),
+    ("stage", "lowrank", f"{S}.rewrite.lowrank:LowRank", f"{S}.rewrite.lowrank:LowRankParams"),
+    ("stage", "depthwise", f"{S}.rewrite.depthwise:Depthwise", f"{S}.rewrite.depthwise:DepthwiseParams"),
+    ("stage", "quantize_int8", f"{S}.quantize.int8:QuantizeInt8", f"{S}.quantize.int8:QuantizeInt8Params"),
+    ("stage", "quantize_qat", f"{S}.quantize.qat:QuantizeQAT", f"{S}.quantize.qat:QuantizeQATParams"),
+    ("stage", "quantize_dynamic", f"{S}.quantize.dynamic:QuantizeDynamic", f"{S}.quantize.dynamic:QuantizeDynamicParams"),
+    ("stage", "quantize_weight_only", f"{S}.quantize.weight_only:QuantizeWeightOnly",
+     f"{S}.quantize.weight_only:QuantizeWeightOnlyParams"),
+    ("stage", "quantize_experimental", f"{S}.quantize.experimental:QuantizeExperimental",
+     f"{S}.quantize.experimental:QuantizeExperimentalParams"),
+    ("stage", "quantize_fp16", f"{S}.quantize.float16:QuantizeFP16", f"{S}.quantize.float16:QuantizeFloatParams"),
+    ("stage", "quantize_bf16", f"{S}.quantize.float16:QuantizeBF16", f"{S}.quantize.float16:QuantizeFloatParams"),
 
-    STAGES.add("prune_magnitude", prune_magnitude.PruneMagnitude, prune_magnitude.PruneMagnitudeParams)
-    STAGES.add("prune_structured", prune_structured.PruneStructured, prune_structured.PruneStructuredParams)
-    STAGES.add("prune_nm", prune_nm.PruneNM, prune_nm.PruneNMParams)
-    STAGES.add("prune_layers", prune_layers.PruneLayers, prune_layers.PruneLayersParams)
-    STAGES.add("sensitivity", sensitivity.Sensitivity, sensitivity.SensitivityParams)
-    STAGES.add("finetune", finetune.Finetune, finetune.FinetuneParams)
-    STAGES.add("distill", distill.Distill, distill.DistillParams)
-    STAGES.add("student", student.Student, student.StudentParams)
-    STAGES.add("lowrank", lowrank.LowRank, lowrank.LowRankParams)
-    STAGES.add("depthwise", depthwise.Depthwise, depthwise.DepthwiseParams)
-    STAGES.add("quantize_int8", quantize_int8.QuantizeInt8, quantize_int8.QuantizeInt8Params)
-    STAGES.add("quantize_qat", quantize_qat.QuantizeQAT, quantize_qat.QuantizeQATParams)
-    STAGES.add("quantize_dynamic", quantize_dynamic.QuantizeDynamic, quantize_dynamic.QuantizeDynamicParams)
-    STAGES.add("quantize_weight_only", quantize_weight_only.QuantizeWeightOnly,
-               quantize_weight_only.QuantizeWeightOnlyParams)
-    STAGES.add("quantize_experimental", quantize_experimental.QuantizeExperimental,
-               quantize_experimental.QuantizeExperimentalParams)
-    STAGES.add("quantize_fp16", quantize_float.QuantizeFP16, quantize_float.QuantizeFloatParams)
-    STAGES.add("quantize_bf16", quantize_float.QuantizeBF16, quantize_float.QuantizeFloatParams)
+    ("target", "onnxruntime", f"{T}.onnxruntime:OnnxRuntimeTarget", f"{T}.onnxruntime:OnnxRuntimeParams"),
+    ("target", "torch_export", f"{T}.torch_export:TorchExportTarget", f"{T}.torch_export:TorchExportParams"),
+    ("target", "openvino", f"{T}.openvino:OpenVinoTarget", f"{T}.openvino:OpenVinoParams"),
 
-    TARGETS.add("onnxruntime", onnxruntime.OnnxRuntimeTarget, onnxruntime.OnnxRuntimeParams)
-    TARGETS.add("torch_export", torch_export.TorchExportTarget, torch_export.TorchExportParams)
-    TARGETS.add("openvino", openvino.OpenVinoTarget, openvino.OpenVinoParams)
+    ("model", "digits_cnn", f"{M}.digits_cnn:build", f"{M}.digits_cnn:DigitsCNNParams"),
+    ("model", "torchvision", f"{M}.torchvision_zoo:build", f"{M}.torchvision_zoo:TorchvisionParams"),
+    ("model", "huggingface", f"{M}.huggingface:build", f"{M}.huggingface:HuggingFaceParams"),
+    ("model", "timm", f"{M}.timm_zoo:build", f"{M}.timm_zoo:TimmParams"),
+    ("model", "efficientnet_lite", f"{M}.efficientnet_lite:build", f"{M}.efficientnet_lite:EfficientNetLiteParams"),
 
-    MODELS.add("digits_cnn", digits_cnn.build, digits_cnn.DigitsCNNParams)
-    MODELS.add("torchvision", torchvision_zoo.build, torchvision_zoo.TorchvisionParams)
-    MODELS.add("huggingface", huggingface.build, huggingface.HuggingFaceParams)
-    MODELS.add("timm", timm_zoo.build, timm_zoo.TimmParams)
-    MODELS.add("efficientnet_lite", efficientnet_lite.build, efficientnet_lite.EfficientNetLiteParams)
-    DATASETS.add("digits", digits.build, digits.DigitsParams)
-    DATASETS.add("imagefolder", images.build_imagefolder, images.ImageFolderParams)
-    DATASETS.add("synthetic", images.build_synthetic, images.SyntheticParams)
-    DATASETS.add("hf_dataset", text.build, text.HFDatasetParams)
-    DATASETS.add("text", text.build_text, text.TextParams)
-    DATASETS.add("tensors", tensors.build, tensors.TensorsParams)
-    DATASETS.add("torchvision_dataset", torchvision_data.build, torchvision_data.TorchvisionDatasetParams)
-    DATASETS.add("photos", photos.build, photos.PhotosParams)
-
-    for fn in (metrics.top1, metrics.top5, metrics.agreement, metrics.fidelity, metrics.neighbour_agreement,
-               metrics.output_mse):
-        METRICS.add(fn.__name__, fn)
+    ("dataset", "digits", f"{D}.digits:build", f"{D}.digits:DigitsParams"),
+    ("dataset", "imagefolder", f"{D}.images:build_imagefolder", f"{D}.images:ImageFolderParams"),
+    ("dataset", "synthetic", f"{D}.images:build_synthetic", f"{D}.images:SyntheticParams"),
+    ("dataset", "hf_dataset", f"{D}.text:build", f"{D}.text:HFDatasetParams"),
+    ("dataset", "text", f"{D}.text:build_text", f"{D}.text:TextParams"),
+    ("dataset", "tensors", f"{D}.tensors:build", f"{D}.tensors:TensorsParams"),
+    ("dataset", "torchvision_dataset", f"{D}.torchvision_data:build", f"{D}.torchvision_data:TorchvisionDatasetParams"),
+    ("dataset", "photos", f"{D}.photos:build", f"{D}.photos:PhotosParams"),
+] + [("metric", name, f"{E}:{name}", None)
+     for name in ("top1", "top5", "agreement", "fidelity", "neighbour_agreement", "output_mse")]

@@ -12,16 +12,17 @@ import shutil
 import sys
 import tempfile
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from compressor import distributed, untrusted
+from compressor.core import distributed, untrusted
 from compressor.errors import Problem, UserError
-from compressor.sweep import SWEEP_DIRS, unknown_search_keys
+from compressor.search.sweep import SWEEP_DIRS
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_GATE = 0, 1, 2, 3
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -38,7 +39,6 @@ USAGE = """usage: compressor COMMAND ...
 exit codes: 0 ok, 1 error, 2 invalid recipe, 3 a gate failed"""
 
 err = Console(stderr=True, highlight=False)
-STATUSES: list[str] = []  # one per job Hydra ran in this process
 
 
 def print_problems(problems: list[Problem]) -> None:
@@ -86,7 +86,7 @@ def _flag(argv: list[str], *names: str) -> str | None:
 
 
 def resolve_ref(recipe: str | None, argv: list[str]):
-    from compressor.config import RecipeRef, locate
+    from compressor.recipe.compose import RecipeRef, locate
 
     name, path = _flag(argv, "-cn", "--config-name"), _flag(argv, "-cp", "--config-path")
     if name or path:
@@ -95,56 +95,11 @@ def resolve_ref(recipe: str | None, argv: list[str]):
     return locate(recipe)
 
 
-def sweep_variants(overrides: list[str]) -> list[list[str]]:
-    """For validation only: every discrete value of each sweep, the others at their first."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    choices = []
-    for o, line in zip(parsed, overrides):
-        if o.is_sweep_override() and not o.is_interval_sweep():
-            key = line.split("=", 1)[0]
-            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
-        elif o.is_interval_sweep():
-            choices.append([])  # ranges for a sweeper (optuna) are checked by Hydra when it runs
-        else:
-            choices.append([line])
-    base = [c[0] for c in choices if c]
-    variants = [base]
-    for i, c in enumerate(choices):
-        for v in c[1:]:
-            variant = list(base)
-            variant[[j for j, cc in enumerate(choices) if cc].index(i)] = v
-            variants.append(variant)
-    return variants
-
-
-def check(ref, overrides: list[str], multirun: bool = False):
-    """Compose and validate; returns the plans or raises UserError with every problem."""
-    from compressor.config import compose_recipe
-    from compressor.plan import make_plan
-    from compressor.safety import unsafe_keys
-
-    problems, plans = [], []
-    for variant in sweep_variants(overrides) if multirun else [overrides]:
-        cfg, found = compose_recipe(ref, variant)
-        if cfg is not None:  # bad overrides were dropped: check the rest too, to report all at once
-            found += unsafe_keys(cfg) + unknown_search_keys(cfg)
-            try:
-                plans.append(make_plan(cfg, ref.name))
-            except UserError as e:
-                found += e.problems
-        problems += [p for p in found if str(p) not in {str(q) for q in problems}]
-    if problems:
-        raise UserError(problems)
-    return plans
-
-
 def resumed_run(run_dir: str):
     """The recipe and overrides a run folder was made with (Hydra's .hydra/ record)."""
     import yaml
 
-    from compressor.config import RecipeRef
+    from compressor.recipe.compose import RecipeRef
 
     folder = Path(run_dir).expanduser().resolve()
     hydra_yaml, overrides_yaml = folder / ".hydra" / "hydra.yaml", folder / ".hydra" / "overrides.yaml"
@@ -166,26 +121,28 @@ class HydraTask:
     jobs to other processes (joblib, Ray, submitit) can pickle it."""
     recipe_name: str
     resume_dir: Path | None = None
+    plan: Any = None  # a single run's plan, already checked before Hydra started: not made twice
+    statuses: list[str] = field(default_factory=list)  # one per job Hydra ran in this process
 
     def __call__(self, cfg):
         from hydra.core.hydra_config import HydraConfig
 
-        from compressor.plan import make_plan
-        from compressor.runner import run
+        from compressor.recipe.plan import make_plan
+        from compressor.run.runner import run
 
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         log = logging.getLogger("compressor")
         console = Console(quiet=not distributed.is_main())
         try:
             if cfg.search.kind == "budget":
-                from compressor.search import budget_search
+                from compressor.search.budget import budget_search
 
                 report = budget_search(cfg, self.recipe_name, out_dir, console)
             else:
-                report = run(make_plan(cfg, self.recipe_name), out_dir, console, self.resume_dir)
+                report = run(self.plan or make_plan(cfg, self.recipe_name), out_dir, console, self.resume_dir)
         except UserError as e:
             print_problems(e.problems)
-            STATUSES.append("invalid")
+            self.statuses.append("invalid")
             return None
         except Exception as e:  # not a user mistake: full trace in the log, one line here
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -194,12 +151,12 @@ class HydraTask:
             first = (str(e).strip().splitlines() or [""])[0][:300]
             line = f"{type(e).__name__}: {first} (trace in {out_dir / 'compressor.log'})"
             err.print(f"[red]error:[/] {escape(line)}")
-            STATUSES.append("error")
+            self.statuses.append("error")
             return None
         if not distributed.is_main():  # a torchrun helper process: it trained its share, rank 0 reports
-            STATUSES.append("ok")
+            self.statuses.append("ok")
             return None
-        STATUSES.append(report["status"])
+        self.statuses.append(report["status"])
         engine = report.get("engine") or {}
         values = {"metric": (engine.get("metric") or {}).get(cfg.eval.metric),
                   "latency_ms": (engine.get("latency_ms") or {}).get("p50"), "size_bytes": engine.get("size_bytes")}
@@ -212,7 +169,8 @@ class HydraTask:
 def cmd_run(argv: list[str]) -> int:
     import hydra
 
-    from compressor.config import register_nodes, search_path_override
+    from compressor.recipe.compose import register_nodes, search_path_override
+    from compressor.recipe.load import check
 
     resume = [a for a in argv if a.startswith("resume=")]
     if resume:  # the same recipe and overrides, into the same folder
@@ -225,8 +183,8 @@ def cmd_run(argv: list[str]) -> int:
         recipe, hydra_args, overrides = split_args(argv)
         ref, resume_dir = resolve_ref(recipe, hydra_args), None
     multirun = "-m" in hydra_args or "--multirun" in hydra_args
-    if not any(a in HYDRA_INFO_FLAGS for a in hydra_args):
-        check(ref, overrides, multirun)
+    plans = check(ref, overrides, multirun) if not any(a in HYDRA_INFO_FLAGS for a in hydra_args) else []
+    task = HydraTask(ref.name, resume_dir, plans[0] if plans and not multirun else None)
     scratch = None
     if not distributed.is_main():  # under torchrun only rank 0 writes: the others get a folder that is removed
         scratch = tempfile.mkdtemp(prefix="compressor-rank")
@@ -235,10 +193,9 @@ def cmd_run(argv: list[str]) -> int:
     extra = [o for o in search_path_override(ref) if not any(a.startswith("hydra.searchpath") for a in hydra_args)]
     sys.argv = ["compressor"] + hydra_argv(hydra_args, extra)
     register_nodes()
-    STATUSES.clear()
     SWEEP_DIRS.clear()
     try:
-        hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(HydraTask(ref.name, resume_dir))()
+        hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(task)()
     except ValueError as e:  # Hydra's own argument checks (`-m` with `--cfg`): a user mistake, one line
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -247,20 +204,21 @@ def cmd_run(argv: list[str]) -> int:
         distributed.shutdown()
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+    statuses = task.statuses
     if SWEEP_DIRS and distributed.is_main():  # the jobs may have run elsewhere: their reports say how they ended
-        STATUSES[:] = [r["status"] for d in SWEEP_DIRS for r in _sweep_summary(d)]
-    if not STATUSES:
+        statuses = [r["status"] for d in SWEEP_DIRS for r in _sweep_summary(d)]
+    if not statuses:
         return EXIT_OK  # --cfg / --info / --help
-    if any(s in ("error",) for s in STATUSES):
+    if "error" in statuses:
         return EXIT_ERROR
-    if "invalid" in STATUSES:
+    if "invalid" in statuses:
         return EXIT_INVALID
-    return EXIT_GATE if "failed_gate" in STATUSES else EXIT_OK
+    return EXIT_GATE if "failed_gate" in statuses else EXIT_OK
 
 
 def _sweep_summary(sweep_dir: Path) -> list[dict]:
     """Write the sweep's summary files and say in the terminal which jobs did not end ok."""
-    from compressor.sweep import write_summary
+    from compressor.search.sweep import write_summary
 
     rows = write_summary(sweep_dir)
     if rows:
@@ -272,6 +230,8 @@ def _sweep_summary(sweep_dir: Path) -> list[dict]:
 
 
 def cmd_validate(argv: list[str]) -> int:
+    from compressor.recipe.load import check
+
     recipe, hydra_args, overrides = split_args(argv)
     ref = resolve_ref(recipe, hydra_args)
     plans = check(ref, overrides, "-m" in hydra_args or "--multirun" in hydra_args)
@@ -292,8 +252,8 @@ def cmd_validate(argv: list[str]) -> int:
 
 
 def cmd_ls(argv: list[str]) -> int:
-    from compressor.config import recipe_names
-    from compressor.params import describe
+    from compressor.recipe.compose import recipe_names
+    from compressor.core.params import describe
     from compressor.registry import ALL
 
     what = argv[0] if argv else None
@@ -342,7 +302,7 @@ def cmd_report(argv: list[str]) -> int:
         raise UserError("give a run folder (outputs/<recipe>/<time>) or a sweep folder", key="report")
     folder = Path(argv[0])
     if not (folder / "report.json").is_file() and any(folder.glob("*/report.json")):  # a sweep
-        from compressor.sweep import write_summary
+        from compressor.search.sweep import write_summary
 
         rows = write_summary(folder)
         Console().print(f"sweep: {folder / 'summary.md'} ({len(rows)} jobs)")

@@ -1,13 +1,14 @@
 """Registries of stages, targets, models, datasets and metrics, by short name.
 
-Built-ins are registered explicitly by `compressor.builtins` (no import side effects to
-chase). Third-party packages register through entry points (`compressor.stages`, ...),
-loaded lazily the first time a registry is read. Each entry point names a module; importing
-it runs its `@stage(...)`-style decorators.
+Built-ins are the explicit list in `compressor.builtins`, as "module:attribute" references: a
+module is imported the first time one of its entries is used. Third-party packages register
+through entry points (`compressor.stages`, ...), loaded the first time a registry is read; each
+entry point names a module, and importing it runs its `@stage(...)`-style decorators.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -18,10 +19,31 @@ from compressor.errors import UserError, did_you_mean
 @dataclass
 class Entry:
     name: str
-    obj: Any  # class (stages, targets) or function (models, datasets, metrics)
-    params: type | None  # dataclass of parameters
+    ref: Any  # class (stages, targets) or function (models, datasets, metrics), or "module:attribute"
+    params_ref: Any  # dataclass of parameters, or "module:attribute", or None
     provider: str  # distribution that registered it
-    doc: str = ""
+
+    @property
+    def obj(self) -> Any:
+        if isinstance(self.ref, str):
+            self.ref = _resolve(self.ref)
+        return self.ref
+
+    @property
+    def params(self) -> type | None:
+        if isinstance(self.params_ref, str):
+            self.params_ref = _resolve(self.params_ref)
+        return self.params_ref
+
+    @property
+    def doc(self) -> str:
+        lines = (self.obj.__doc__ or "").strip().splitlines()
+        return lines[0] if lines else ""
+
+
+def _resolve(ref: str) -> Any:
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass
@@ -35,13 +57,13 @@ class Registry:
         if params is not None and not dataclasses.is_dataclass(params):
             raise TypeError(f"{self.kind} '{name}': params must be a dataclass, got {params!r}")
         provider = provider or _provider_of(obj)
+        _load_builtins()  # a plugin's name that a built-in holds is refused, whichever registers first
         if name in self.entries:
             other = self.entries[name].provider
             raise UserError(
                 f"{self.kind} '{name}' is registered twice: by {other} and by {provider}", key=self.kind
             )
-        doc = (obj.__doc__ or "").strip().splitlines()
-        self.entries[name] = Entry(name, obj, params, provider, doc[0] if doc else "")
+        self.entries[name] = Entry(name, obj, params, provider)
 
     def get(self, name: str, key: str = "") -> Entry:
         self.load_plugins()
@@ -78,9 +100,11 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if not _builtins_loaded:
         _builtins_loaded = True
-        from compressor import builtins
+        from compressor.builtins import BUILTINS
 
-        builtins.register()
+        for kind, name, obj, params in BUILTINS:
+            registry = next(r for r in ALL.values() if r.kind == kind)
+            registry.entries[name] = Entry(name, obj, params, "compressor")
 
 
 def _provider_of(obj: Any) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,33 +61,4 @@ def default_run(tmp_path_factory, default_run_home):
     return proc, (dirs[0] if dirs else None)
 
 
-WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "sad", "the", "movie", "was", "very", "a", "film"]
-
-
-def make_tiny_bert(folder: Path, num_labels: int = 2) -> Path:
-    """A small BERT-like classifier built from a config (no download), with its tokenizer,
-    saved as a Hugging Face folder."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=64, num_labels=num_labels, pad_token_id=0)
-    BertForSequenceClassification(config).save_pretrained(folder, safe_serialization=True)
-    return folder
-
-
-def make_sentiment_csv(path: Path, n: int = 160) -> Path:
-    import random
-
-    rng = random.Random(0)
-    rows = ["text,label"]
-    for i in range(n):
-        label = i % 2
-        word = rng.choice(WORDS[:4] if label else WORDS[4:8])
-        rows.append(f"the movie was very {word},{label}")
-    path.write_text("\n".join(rows) + "\n")
-    return path
+# bench/gpu.py, bench/targets.py and bench/quantization.py still import the tiny BERT from here

@@ -10,7 +10,8 @@ from PIL import Image
 
 from compressor.data import build_data
 from compressor.errors import UserError
-from conftest import WORDS, cli, load_report, make_tiny_bert, run_dirs
+from compressor.testing import TINY_BERT_WORDS, tiny_bert
+from conftest import cli, load_report, run_dirs
 
 
 def val_inputs(data) -> torch.Tensor:
@@ -182,12 +183,12 @@ def test_recipe_on_local_mnist(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    return make_tiny_bert(tmp_path_factory.mktemp("bert") / "bert")
+    return tiny_bert(tmp_path_factory.mktemp("bert") / "bert")
 
 
 def test_text_sentences(tmp_path, tokenizer_dir):
     rng = np.random.default_rng(0)
-    lines = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 9)))) for _ in range(40)]
+    lines = [" ".join(rng.choice(TINY_BERT_WORDS, size=int(rng.integers(3, 9)))) for _ in range(40)]
     (tmp_path / "s.txt").write_text("\n".join(lines[:20]) + "\n\n" + "\n".join(lines[20:]) + "\n")  # a blank line
     section = {"kind": "text", "path": str(tmp_path / "s.txt"), "tokenizer": str(tokenizer_dir), "max_length": 10}
     a, b, c = (build_data(section, seed=s) for s in (0, 0, 1))
@@ -203,7 +204,7 @@ def test_text_sentences(tmp_path, tokenizer_dir):
 
 
 def sentiment_rows(n):
-    return [{"text": f"the movie was very {WORDS[i % 8]}", "label": int(i % 8 < 4)} for i in range(n)]
+    return [{"text": f"the movie was very {TINY_BERT_WORDS[i % 8]}", "label": int(i % 8 < 4)} for i in range(n)]
 
 
 def test_hf_dataset_parquet_and_saved_folders(tmp_path, tokenizer_dir):

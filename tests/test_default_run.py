@@ -97,9 +97,9 @@ def test_checkpoints_are_safetensors_with_architecture(default_run):
     import compressor
 
     engine = compressor.load_engine(run_dir)
-    from compressor.data.digits import DigitsParams, build
+    from compressor.testing import digits
 
-    x, _ = next(iter(build(DigitsParams()).val))
+    x, _ = next(iter(digits().val))
     import torch
 
     with torch.no_grad():

@@ -1,27 +1,18 @@
 """Distillation and students on digits: real training against the packaged teacher."""
-import logging
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from compressor.data.digits import DigitsParams, build as build_digits
 from compressor.errors import UserError
-from compressor.interfaces import Context
-from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
-from compressor.stages.distill import Distill, DistillParams
-from compressor.training import accuracy
+from compressor.stages.train.distill import Distill, DistillParams
+from compressor.testing import context, digits, digits_cnn, params
+from compressor.training.loop import accuracy
 from conftest import cli, load_report, run_dirs
 
 
 @pytest.fixture(scope="module")
 def data():
-    return build_digits(DigitsParams())
-
-
-def context(data, teacher):
-    return Context(data=data, device=torch.device("cpu"), teacher=teacher,
-                   evaluate=lambda m: {"top1": accuracy(m, data.val)}, log=logging.getLogger("t"), progress=None)
+    return digits()
 
 
 def kl_to_teacher(student, teacher, data) -> float:
@@ -31,14 +22,14 @@ def kl_to_teacher(student, teacher, data) -> float:
 
 
 def test_distill_with_hints_moves_a_narrow_student_towards_the_teacher(data):
-    teacher = build_cnn(DigitsCNNParams()).eval()
+    teacher = digits_cnn()
     torch.manual_seed(0)
-    student = build_cnn(DigitsCNNParams(width=8), load_weights=False)
+    student = digits_cnn(width=8, load_weights=False)
     before = kl_to_teacher(student, teacher, data)
     stage = Distill()
     # hints: the student's 8-channel first block regresses the teacher's 32 channels through a 1x1 adapter
-    stage.params = DistillParams(epochs=3, lr=3e-3, hints={"2": "2"}, teacher={"kind": "digits_cnn"})
-    ctx = context(data, teacher=None)  # the teacher comes from the spec, not the context
+    stage.params = params(DistillParams, epochs=3, lr=3e-3, hints={"2": "2"}, teacher={"kind": "digits_cnn"})
+    ctx = context(data, teacher=None, evaluate="top1")  # the teacher comes from the spec, not the context
     stage.apply(student, ctx)
     assert kl_to_teacher(student, teacher, data) < 0.2 * before
     assert accuracy(student, data.val) > 0.9
@@ -46,15 +37,15 @@ def test_distill_with_hints_moves_a_narrow_student_towards_the_teacher(data):
 
 
 def test_hint_layers_must_exist_and_match_in_space(data):
-    teacher = build_cnn(DigitsCNNParams()).eval()
+    teacher = digits_cnn()
     stage = Distill()
-    stage.params = DistillParams(epochs=1, hints={"nope": "2"})
+    stage.params = params(DistillParams, epochs=1, hints={"nope": "2"})
     with pytest.raises(UserError) as e:
-        stage.apply(build_cnn(DigitsCNNParams(width=8), load_weights=False), context(data, teacher))
+        stage.apply(digits_cnn(width=8, load_weights=False), context(data, teacher, evaluate="top1"))
     assert e.value.problems[0].key == "hints" and "nope" in e.value.problems[0].message
-    stage.params = DistillParams(epochs=1, hints={"2": "6"})  # 8x8 map against the teacher's 4x4 after pooling
+    stage.params = params(DistillParams, epochs=1, hints={"2": "6"})  # 8x8 map against the teacher's 4x4 after pooling
     with pytest.raises(UserError, match="only the channel count may differ"):
-        stage.apply(build_cnn(DigitsCNNParams(width=8), load_weights=False), context(data, teacher))
+        stage.apply(digits_cnn(width=8, load_weights=False), context(data, teacher, evaluate="top1"))
 
 
 @pytest.mark.slow
@@ -70,7 +61,7 @@ def test_packaged_student_recipe_beats_labels_alone_and_its_checkpoint_rebuilds(
     assert notes["params_ratio"] <= 0.25
     assert notes["distilled_metric"]["top1"] > notes["labels_only_metric"]["top1"] > 0.9
     assert "on labels alone" in (run_dir / "report.md").read_text()
-    from compressor.checkpoint import load_checkpoint
+    from compressor.run.checkpoint import load_checkpoint
 
     model = load_checkpoint(run_dir / load_report(run_dir)["stages"][0]["checkpoint"])
     assert model[0].out_channels == 6  # the student's architecture, rebuilt from the metadata

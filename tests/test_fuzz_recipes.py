@@ -10,7 +10,8 @@ import typing
 
 import pytest
 
-from compressor.config import EvalConfig, RecipeRef, compose_recipe
+from compressor.core.params import schema
+from compressor.recipe.compose import EvalConfig, RecipeRef, compose_recipe
 from compressor.registry import DATASETS, MODELS, STAGES, TARGETS
 
 pytestmark = pytest.mark.slow  # 250 compositions: a few minutes on a small machine
@@ -26,8 +27,8 @@ def _leaves() -> list[tuple[str, typing.Any]]:
     sections = [("model", MODELS.get(cfg.model.kind).params), ("data", DATASETS.get(cfg.data.kind).params),
                 ("target", TARGETS.get(cfg.target.kind).params), ("eval", EvalConfig)]
     sections += [(f"stages.{slot}", STAGES.get(s.kind).params) for slot, s in cfg.stages.items()]
-    return [(f"{prefix}.{f.name}", typing.get_type_hints(cls)[f.name])
-            for prefix, cls in sections for f in dataclasses.fields(cls)]
+    return [(f"{prefix}.{f.name}", typing.get_type_hints(schema(cls))[f.name])
+            for prefix, cls in sections for f in dataclasses.fields(schema(cls))]
 
 
 LEAVES = _leaves()

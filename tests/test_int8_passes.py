@@ -2,7 +2,7 @@
 correction, depthwise convs keeping 8-bit weights under reduce_range, TensorFlow-style SAME
 padding (ZeroPad2d before a stride-2 conv) moved into the quantized conv, and 8-bit weights
 stored as uint8 where a u8 x s8 kernel would saturate."""
-import logging
+import copy
 
 import numpy as np
 import onnx
@@ -10,13 +10,13 @@ import pytest
 import torch
 from onnx import numpy_helper
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from compressor.interfaces import Context, DataSplits
-from compressor.quant import QuantWrapper, needs_reduce_range
-from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params, correct_bias, is_depthwise
-from compressor.targets.onnx_export import export_onnx
+from compressor.core.interfaces import DataSplits
+from compressor.modules.quant import QuantWrapper, needs_reduce_range
+from compressor.stages.quantize.int8 import QuantizeInt8, QuantizeInt8Params, correct_bias, is_depthwise
+from compressor.targets.onnx.export import export_onnx
 from compressor.targets.onnxruntime import OrtEngine
+from compressor.testing import context, tensor_data
 
 
 def mobile_block() -> nn.Module:
@@ -39,18 +39,13 @@ def mobile_block() -> nn.Module:
 
 def splits(n: int = 64) -> DataSplits:
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 3, 32, 32, generator=g)
-    loader = DataLoader(TensorDataset(x, torch.zeros(n, dtype=torch.long)), batch_size=16)
-    return DataSplits(train=loader, val=loader, calib=loader, num_classes=10, input_shape=(3, 32, 32), labelled=False)
+    return tensor_data(torch.randn(n, 3, 32, 32, generator=g), labelled=False)
 
 
 def quantize(model, data, **params):
     stage = QuantizeInt8()
     stage.params = QuantizeInt8Params(calibration_batches=4, **params)
-    ctx = Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
-                  log=logging.getLogger("t"), progress=None)
-    import copy
-
+    ctx = context(data, model)
     return stage.apply(copy.deepcopy(model), ctx), ctx.notes
 
 

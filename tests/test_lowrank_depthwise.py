@@ -1,32 +1,27 @@
 """lowrank and depthwise: real factorisations of the packaged digits CNN, measured (outputs, MACs,
 the exported ONNX graph, checkpoints), and one full run through the command line."""
-import logging
-
 import numpy as np
 import onnx
 import pytest
 import torch
 from torch import nn
 
-from compressor.checkpoint import layer_specs, load_checkpoint, module_spec, save_checkpoint
-from compressor.data.digits import DigitsParams, build as build_digits
+from compressor.run.checkpoint import layer_specs, load_checkpoint, module_spec, save_checkpoint
 from compressor.errors import UserError
-from compressor.factorized import Factorized
-from compressor.interfaces import Context
-from compressor.measure import count_macs
-from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
-from compressor.params import parse_params
-from compressor.stages.depthwise import Depthwise, DepthwiseParams, depthwise_pair
-from compressor.stages.lowrank import LowRank, LowRankParams, eligible, lowrank_pair, svd
-from compressor.targets.onnx_export import export_onnx
+from compressor.modules.factorized import Factorized
+from compressor.measure.stats import count_macs
+from compressor.core.params import parse_params
+from compressor.stages.rewrite.depthwise import Depthwise, DepthwiseParams, depthwise_pair
+from compressor.stages.rewrite.lowrank import LowRank, LowRankParams, eligible, lowrank_pair, svd
+from compressor.targets.onnx.export import export_onnx
 from compressor.targets.onnxruntime import OrtEngine
-from compressor.training import accuracy
+from compressor.testing import context, digits, digits_cnn, params
 from conftest import cli, load_report, run_dirs
 
 
 @pytest.fixture(scope="module")
 def data():
-    return build_digits(DigitsParams())
+    return digits()
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +29,11 @@ def x(data):
     return torch.cat([x for x, _ in data.val])
 
 
-def context(data):
-    return Context(data=data, device=torch.device("cpu"), teacher=build_cnn(DigitsCNNParams()),
-                   evaluate=lambda m: {"top1": accuracy(m, data.val)}, log=logging.getLogger("t"), progress=None)
-
-
-def rewrite(stage, params, data):
-    """The packaged CNN after `stage` with `params`, and the stage's notes."""
-    stage.params = params
-    ctx = context(data)
-    model = stage.apply(build_cnn(DigitsCNNParams()), ctx)
+def rewrite(stage, stage_params, data):
+    """The packaged CNN after `stage` with `stage_params`, and the stage's notes."""
+    stage.params = stage_params
+    ctx = context(data, digits_cnn(), evaluate="top1")
+    model = stage.apply(digits_cnn(), ctx)
     return model, ctx.notes
 
 
@@ -57,8 +47,8 @@ def outputs(model, x):
 
 
 def test_full_rank_pairs_reproduce_the_cnn(x):
-    reference = build_cnn(DigitsCNNParams())
-    model = build_cnn(DigitsCNNParams())
+    reference = digits_cnn()
+    model = digits_cnn()
     names = [n for n, m in model.named_modules() if eligible(m)]
     for name in names:  # every conv and linear, at full rank (the stage would keep none: none is cheaper)
         layer = model.get_submodule(name)
@@ -69,16 +59,16 @@ def test_full_rank_pairs_reproduce_the_cnn(x):
 
 
 def test_energy_and_rank_choose_ranks_that_cut_macs(data, x):
-    base = count_macs(build_cnn(DigitsCNNParams()), x)
+    base = count_macs(digits_cnn(), x)
     # energy 0.9: the first conv (9 x 32 weights) would need rank 8, past its break-even (r < 7.02)
-    model, notes = rewrite(LowRank(), LowRankParams(epochs=0, energy=0.9), data)
+    model, notes = rewrite(LowRank(), params(LowRankParams, epochs=0, energy=0.9), data)
     assert len(pairs(model)) == 4 and set(notes["skipped"]) == {"0"}
     assert 0.90 < count_macs(model, x) / base < 0.95
     assert min(notes["energy_kept"].values()) >= 0.9
-    model, notes = rewrite(LowRank(), LowRankParams(epochs=0, energy=0.8), data)
+    model, notes = rewrite(LowRank(), params(LowRankParams, epochs=0, energy=0.8), data)
     assert len(pairs(model)) == 5 and count_macs(model, x) / base < 0.75
     # a fixed rank: MACs of each pair are r * (in*k*k + out) per output position, as measured
-    model, notes = rewrite(LowRank(), LowRankParams(epochs=0, rank=8), data)
+    model, notes = rewrite(LowRank(), params(LowRankParams, epochs=0, rank=8), data)
     assert notes["ranks"] == {"3": 8, "7": 8, "12": 8, "15": 8}
     assert notes["layer_macs"]["3"] == [32 * 9 * 64 * 64, 8 * (32 * 9 + 64) * 64]  # 8x8 map
     assert notes["layer_macs"]["12"] == [512 * 256, 8 * (512 + 256)]
@@ -88,17 +78,22 @@ def test_energy_and_rank_choose_ranks_that_cut_macs(data, x):
 
 
 def test_nothing_cheaper_and_bad_patterns_are_one_line_errors(data):
+    # the params are valid as recipe keys: the stage refuses them on this model
+    full = params(LowRankParams, epochs=0, energy=1.0)
+    batchnorm = params(DepthwiseParams, epochs=0, layers=["1"])
+    nothing = params(LowRankParams, epochs=0, ignore=["nope*"])
+    first = params(DepthwiseParams, epochs=0, layers=["0"])
     with pytest.raises(UserError) as e:  # full energy keeps full ranks: no pair is cheaper
-        rewrite(LowRank(), LowRankParams(epochs=0, energy=1.0), data)
+        rewrite(LowRank(), full, data)
     assert e.value.problems[0].key == "energy" and "no layer gets cheaper" in str(e.value)
     with pytest.raises(UserError) as e:
-        rewrite(Depthwise(), DepthwiseParams(epochs=0, layers=["1"]), data)  # a BatchNorm
+        rewrite(Depthwise(), batchnorm, data)  # a BatchNorm
     assert e.value.problems[0].key == "layers"
     with pytest.raises(UserError) as e:
-        rewrite(LowRank(), LowRankParams(epochs=0, ignore=["nope*"]), data)
+        rewrite(LowRank(), nothing, data)
     assert e.value.problems[0].key == "ignore"
     with pytest.raises(UserError) as e:  # only the first conv asked for, and keep_first keeps it
-        rewrite(Depthwise(), DepthwiseParams(epochs=0, layers=["0"]), data)
+        rewrite(Depthwise(), first, data)
     assert e.value.problems[0].key == "layers" and "keep_first" in str(e.value)
 
 
@@ -107,8 +102,8 @@ def test_params_are_checked_with_their_keys():
     assert {p.key for p in problems} == {"stages.lr.energy", "stages.lr.rank"}
     _, problems = parse_params(LowRankParams, {"energy": 0.0}, "stages.lr")
     assert [p.key for p in problems] == ["stages.lr.energy"]
-    params, problems = parse_params(DepthwiseParams, {"epochs": 0}, "stages.dw")  # no recovery: allowed here
-    assert not problems and params.epochs == 0
+    parsed, problems = parse_params(DepthwiseParams, {"epochs": 0}, "stages.dw")  # no recovery: allowed here
+    assert not problems and parsed.train.epochs == 0
     _, problems = parse_params(DepthwiseParams, {"epochs": -1}, "stages.dw")
     assert [p.key for p in problems] == ["stages.dw.epochs"]
 
@@ -125,23 +120,24 @@ def test_rank_one_slices_make_an_exact_depthwise_pair():
 
 
 def test_depthwise_exports_grouped_convs_and_cuts_macs(data, x, tmp_path):
-    model, notes = rewrite(Depthwise(), DepthwiseParams(epochs=0), data)
+    model, notes = rewrite(Depthwise(), params(DepthwiseParams, epochs=0), data)
     assert notes["replaced"] == ["3", "7"] and type(model[0]) is nn.Conv2d  # the first conv kept
-    assert count_macs(model, x) / count_macs(build_cnn(DigitsCNNParams()), x) < 0.2
+    assert count_macs(model, x) / count_macs(digits_cnn(), x) < 0.2
     path = export_onnx(model, x[:1], tmp_path / "dw.onnx")
     groups = sorted(a.i for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"
                     for a in n.attribute if a.name == "group" and a.i > 1)
     assert groups == [32, 64]  # the in_channels of convs 3 and 7
     engine = OrtEngine(path)
     assert np.abs(engine(x.numpy()) - outputs(model, x).numpy()).max() < 1e-4
-    model, notes = rewrite(Depthwise(), DepthwiseParams(epochs=0, keep_first=False), data)
+    model, notes = rewrite(Depthwise(), params(DepthwiseParams, epochs=0, keep_first=False), data)
     assert notes["replaced"] == ["0", "3", "7"]
 
 
-@pytest.mark.parametrize("stage,params", [(LowRank(), LowRankParams(epochs=0, energy=0.8)),
-                                          (Depthwise(), DepthwiseParams(epochs=0))], ids=["lowrank", "depthwise"])
-def test_checkpoints_rebuild_factorized_models(data, x, tmp_path, stage, params):
-    model, _ = rewrite(stage, params, data)
+@pytest.mark.parametrize("stage,stage_params", [(LowRank(), params(LowRankParams, epochs=0, energy=0.8)),
+                                                (Depthwise(), params(DepthwiseParams, epochs=0))],
+                         ids=["lowrank", "depthwise"])
+def test_checkpoints_rebuild_factorized_models(data, x, tmp_path, stage, stage_params):
+    model, _ = rewrite(stage, stage_params, data)
     specs = layer_specs(model)
     assert specs["3"]["type"] == "Factorized" and not any(n.startswith("3.") for n in specs)  # children inside
     path = save_checkpoint(model, tmp_path / "model.safetensors", {"kind": "digits_cnn"})
@@ -156,15 +152,15 @@ def test_plain_sequentials_are_not_recorded():
 
 
 def test_quantized_models_are_refused(data):
-    from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params
+    from compressor.stages.quantize.int8 import QuantizeInt8, QuantizeInt8Params
 
     q = QuantizeInt8()
     q.params = QuantizeInt8Params(calibration_batches=1, max_drop=None)
-    model = q.apply(build_cnn(DigitsCNNParams()), context(data))
+    model = q.apply(digits_cnn(), context(data, digits_cnn(), evaluate="top1"))
     stage = LowRank()
-    stage.params = LowRankParams(epochs=0)
+    stage.params = params(LowRankParams, epochs=0)
     with pytest.raises(UserError, match="before the quantize stages"):
-        stage.apply(model, context(data))
+        stage.apply(model, context(data, digits_cnn(), evaluate="top1"))
 
 
 def test_recipe_validation_names_the_key(cli_inproc):

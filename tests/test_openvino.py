@@ -2,7 +2,6 @@
 FP16 weights, a full CLI run, load_engine/bench on it, and validation refusals."""
 import copy
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -11,11 +10,9 @@ import pytest
 import torch
 
 import compressor
-from compressor.data.digits import DigitsParams, build as build_digits
-from compressor.interfaces import Context
-from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
-from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params
+from compressor.stages.quantize.int8 import QuantizeInt8, QuantizeInt8Params
 from compressor.targets.openvino import OpenVinoParams, OpenVinoTarget, OvEngine, import_openvino
+from compressor.testing import context, digits, digits_cnn
 from conftest import cli, load_report, run_dirs
 
 try:  # imported as the target imports it, without OpenVINO's import-time telemetry
@@ -26,17 +23,12 @@ except ImportError:
 
 @pytest.fixture(scope="module")
 def data():
-    return build_digits(DigitsParams())
+    return digits()
 
 
 @pytest.fixture(scope="module")
 def fp32_model():
-    return build_cnn(DigitsCNNParams()).eval()
-
-
-def context(data, model):
-    return Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
-                   log=logging.getLogger("t"), progress=None)
+    return digits_cnn()
 
 
 def build(model, data, out_dir, **params):

@@ -1,12 +1,11 @@
 """Packaged recipes (one per model source), the timm model source, the packaged tiny BERT."""
 import json
-import logging
 
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
+from compressor.testing import context, tensor_data
 from conftest import cli, load_report, run_dirs
 
 PACKAGED = ["resnet18_int8_ort", "mobilenet_v3_int8_openvino", "bert_dynamic_int8_ort", "vit_prune_distill"]
@@ -73,23 +72,18 @@ def test_timm_pretrained_without_the_hub_is_one_line(monkeypatch, tmp_path):
 
 
 def _prune(model, size):
-    from compressor.interfaces import Context, DataSplits
-    from compressor.stages.prune_structured import PruneStructured, PruneStructuredParams
+    from compressor.stages.prune.structured import PruneStructured, PruneStructuredParams
 
-    x = torch.rand(4, 3, size, size)
-    dl = DataLoader(TensorDataset(x, torch.zeros(4, dtype=torch.long)), batch_size=4)
-    data = DataSplits(train=dl, val=dl, calib=dl, num_classes=10, input_shape=(3, size, size))
-    ctx = Context(data=data, device=torch.device("cpu"), teacher=None, evaluate=lambda m: {},
-                  log=logging.getLogger("test"), progress=None)
+    ctx = context(tensor_data(torch.rand(4, 3, size, size), batch_size=4))
     stage = PruneStructured()
     stage.params = PruneStructuredParams(ratio=0.5)
     return stage.apply(model, ctx), ctx
 
 
 def test_timm_model_builds_prunes_exports_and_reloads(tmp_path):
-    from compressor.checkpoint import load_checkpoint, save_checkpoint
+    from compressor.run.checkpoint import load_checkpoint, save_checkpoint
     from compressor.models import build_model
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.targets.onnx.export import export_onnx
     from compressor.targets.onnxruntime import OrtEngine
 
     spec = {"kind": "timm", "name": "resnet18", "num_classes": 10}
@@ -158,7 +152,7 @@ def test_small_torchvision_vit_through_kwargs():
 
 def test_packaged_tiny_bert_is_small_and_found_by_name():
     from compressor.models.huggingface import HuggingFaceParams
-    from compressor.models.packaged import ROOT, resolve
+    from compressor.core.packaged import ROOT, resolve
 
     folder = ROOT / "tiny_bert"
     names = {p.name for p in folder.iterdir()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compressor import parity
+from compressor.measure import parity
 
 
 def logits(n=400, classes=10, seed=0):

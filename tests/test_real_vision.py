@@ -4,7 +4,6 @@ scikit-learn's sample photographs), through the packaged recipe `efficientnet_li
 Skipped where the real-models extra is not installed."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -50,7 +49,7 @@ def test_plain_layers_compute_what_the_package_computes(model):
     import torch.fx
     from efficientnet_lite_pytorch import EfficientNet, utils
 
-    from compressor.stages.quantize_int8 import fold_batchnorm
+    from compressor.stages.quantize.int8 import fold_batchnorm
 
     ref = EfficientNet.from_name("efficientnet-lite0")
     ref.load_state_dict(torch.load(packaged_weights(), map_location="cpu", weights_only=True))

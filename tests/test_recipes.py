@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from compressor.config import compose_recipe, locate, recipe_names
-from compressor.plan import make_plan
+from compressor.recipe.compose import compose_recipe, locate, recipe_names
+from compressor.recipe.plan import make_plan
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -175,9 +175,9 @@ def test_same_recipe_and_seed_give_identical_files(default_run, tmp_path):
 def test_training_stages_are_not_bit_exact_on_cuda():
     """What the report lists on a GPU: stages that train (CUDA backward kernels use atomics),
     and TensorRT, whose builder times kernels; read from the classes, no GPU needed."""
-    from compressor.cli import check
-    from compressor.config import locate
-    from compressor.plan import not_bit_exact
+    from compressor.recipe.load import check
+    from compressor.recipe.compose import locate
+    from compressor.recipe.plan import not_bit_exact
 
     (plan,) = check(locate("default"), [])
     assert not_bit_exact(plan) == []
@@ -190,10 +190,10 @@ def test_nan_engine_fails_its_gate_and_keeps_artifacts(tmp_path):
     """A model checkpoint with one NaN weight in its classifier: the engine's outputs hold NaN,
     the run ends failed_gate (exit 3) with gate nan_inf failed, report.json stays strict JSON,
     and the checkpoint and engine are kept."""
-    from compressor.checkpoint import save_checkpoint
-    from compressor.models.digits_cnn import DigitsCNNParams, build
+    from compressor.run.checkpoint import save_checkpoint
+    from compressor.testing import digits_cnn
 
-    model = build(DigitsCNNParams())
+    model = digits_cnn()
     with torch.no_grad():
         model[-1].weight[3, 0] = float("nan")
     ckpt = save_checkpoint(model, tmp_path / "nan.safetensors", {"kind": "digits_cnn"})
@@ -213,10 +213,10 @@ def test_nan_engine_fails_its_gate_and_keeps_artifacts(tmp_path):
 
 @pytest.mark.slow
 def test_nan_activations_stop_calibration_with_one_line(tmp_path):
-    from compressor.checkpoint import save_checkpoint
-    from compressor.models.digits_cnn import DigitsCNNParams, build
+    from compressor.run.checkpoint import save_checkpoint
+    from compressor.testing import digits_cnn
 
-    model = build(DigitsCNNParams())
+    model = digits_cnn()
     with torch.no_grad():
         model[0].weight[0, 0, 0, 0] = float("inf")
     ckpt = save_checkpoint(model, tmp_path / "inf.safetensors", {"kind": "digits_cnn"})

@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from compressor.sweep import pareto
+from compressor.search.sweep import pareto
 from tests.conftest import cli, load_report
 
 pytestmark = pytest.mark.slow
@@ -136,10 +136,11 @@ def test_budget_search_keeps_the_best_engine_after_every_trial(tmp_path):
 def test_tensorboard_events_hold_the_reports_figures(default_run, tmp_path, cli_inproc):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from compressor.tensorboard_log import write_tensorboard
+    from compressor.report.tensorboard import write_tensorboard
+    from compressor.report.writer import engines
 
     report = load_report(default_run[1])
-    write_tensorboard(report, {"stages.prune.ratio": 0.5}, tmp_path / "tb")
+    write_tensorboard(report, engines(report), {"stages.prune.ratio": 0.5}, tmp_path / "tb")
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     top1 = [e.value for e in events.Scalars("pipeline/top1")]
     assert top1[0] == pytest.approx(report["baseline"]["metric"]["top1"])

@@ -1,7 +1,6 @@
 """The TensorRT target plugin (plugins/compressor-tensorrt): registered through its entry point,
 validated here without TensorRT, and (on a machine with TensorRT and a GPU) built and run."""
 import copy
-import logging
 from importlib import metadata
 
 import numpy as np
@@ -9,13 +8,11 @@ import onnx
 import pytest
 import torch
 
-from compressor.data.digits import DigitsParams, build as build_digits
-from compressor.interfaces import Context
-from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
 from compressor.registry import TARGETS
-from compressor.stages.quantize_float import QuantizeFP16, QuantizeFloatParams
-from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params
-from compressor.targets.onnx_export import export_onnx
+from compressor.stages.quantize.float16 import QuantizeFP16, QuantizeFloatParams
+from compressor.stages.quantize.int8 import QuantizeInt8, QuantizeInt8Params
+from compressor.targets.onnx.export import export_onnx
+from compressor.testing import context, digits, digits_cnn
 
 NO_TENSORRT = ("TensorRT cannot be installed on this machine (its pip package downloads its libraries at install "
                "time) and there is no CUDA GPU")
@@ -30,16 +27,11 @@ def _runtime_ready() -> bool:
 needs_tensorrt = pytest.mark.skipif(not _runtime_ready(), reason=NO_TENSORRT)
 
 
-def _context(data, model):
-    return Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
-                   log=logging.getLogger("test"), progress=None)
-
-
 def _int8_digits(data):
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     stage = QuantizeInt8()
     stage.params = QuantizeInt8Params(calibration_batches=4)
-    ctx = _context(data, model)
+    ctx = context(data, model)
     return stage.apply(model, ctx), ctx
 
 
@@ -117,7 +109,7 @@ def test_int8_graph_rewritten_for_tensorrt_runs_and_agrees(tmp_path):
 
     from compressor_tensorrt.qdq import has_int8_qdq, to_tensorrt_qdq
 
-    data = build_digits(DigitsParams())
+    data = digits()
     model, _ = _int8_digits(data)
     path = export_onnx(model, data.example_input(), tmp_path / "int8.onnx")
     graph, stats = to_tensorrt_qdq(onnx.load(str(path)))
@@ -152,15 +144,15 @@ def test_fp16_engine_parity_timing_cache_and_load_engine(tmp_path):
     from compressor import load_engine
     from compressor_tensorrt.target import TensorRTParams, TensorRTTarget
 
-    data = build_digits(DigitsParams())
-    fp32 = build_cnn(DigitsCNNParams())
+    data = digits()
+    fp32 = digits_cnn()
     stage = QuantizeFP16()
     stage.params = QuantizeFloatParams()
-    fp16 = stage.apply(copy.deepcopy(fp32), _context(data, fp32))
+    fp16 = stage.apply(copy.deepcopy(fp32), context(data, fp32))
     cache = tmp_path / "timing.cache"
     target = TensorRTTarget()
     target.params = TensorRTParams(timing_cache=str(cache), max_batch=32)
-    ctx = _context(data, fp32)
+    ctx = context(data, fp32)
     engine = target.build(fp16, ctx, tmp_path / "engine")
     assert (tmp_path / "engine" / "model.plan").is_file()
     assert cache.is_file() and cache.stat().st_size > 0
@@ -179,7 +171,7 @@ def test_fp16_engine_parity_timing_cache_and_load_engine(tmp_path):
     assert loaded.input_shape[1:] == [1, 8, 8]
     np.testing.assert_allclose(np.asarray(loaded(x.numpy()), dtype=np.float32), out, atol=1e-3)
 
-    again = _context(data, fp32)  # a second build reads the cache the first one wrote
+    again = context(data, fp32)  # a second build reads the cache the first one wrote
     target.build(fp16, again, tmp_path / "engine2")
     assert again.notes["timing_cache"]["loaded_bytes"] > 0
 
@@ -188,7 +180,7 @@ def test_fp16_engine_parity_timing_cache_and_load_engine(tmp_path):
 def test_int8_engine_agrees_with_the_quantized_model(tmp_path):
     from compressor_tensorrt.target import TensorRTParams, TensorRTTarget
 
-    data = build_digits(DigitsParams())
+    data = digits()
     model, ctx = _int8_digits(data)
     target = TensorRTTarget()
     target.params = TensorRTParams(precision="int8", timing_cache=str(tmp_path / "timing.cache"))

@@ -13,11 +13,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from compressor.data.digits import DigitsParams
-from compressor.data.digits import build as build_digits
 from compressor.models.digits_cnn import DigitsCNN
-from compressor.state import load_state, save_state
-from compressor.training import fit
+from compressor.core.state import load_state, save_state
+from compressor.testing import digits
+from compressor.training.loop import fit
 from tests.conftest import cli, load_report, run_dirs
 
 
@@ -61,7 +60,7 @@ def test_state_file_round_trips_optimizer_state(tmp_path):
 def test_resumed_fit_equals_an_uninterrupted_one(tmp_path):
     """A fit that dies inside its third epoch, started again with the same state file,
     continues from the end of epoch 2 and ends with the uninterrupted run's weights."""
-    data = build_digits(DigitsParams(batch_size=64), seed=0)
+    data = digits(batch_size=64)  # seed 0
     batches = len(data.train)
 
     def train(state=None, die_at=None):

@@ -2,27 +2,24 @@
 import pytest
 import torch
 
-from conftest import cli, load_report, make_sentiment_csv, make_tiny_bert, run_dirs
+from compressor.testing import context, params, sentiment_csv, tiny_bert
+from conftest import cli, load_report, run_dirs
 
 pytestmark = pytest.mark.slow
 
 
 def test_prune_heads_and_neurons_then_reload(tmp_path):
-    import logging
-
-    from compressor.checkpoint import load_checkpoint, save_checkpoint
+    from compressor.run.checkpoint import load_checkpoint, save_checkpoint
     from compressor.data.text import HFDatasetParams, build as build_text
-    from compressor.interfaces import Context
     from compressor.models.huggingface import HuggingFaceParams, attention_modules, build
-    from compressor.stages.prune_structured import PruneStructured, PruneStructuredParams
+    from compressor.stages.prune.structured import PruneStructured, PruneStructuredParams
 
-    folder = make_tiny_bert(tmp_path / "bert")
-    data = build_text(HFDatasetParams(train=str(make_sentiment_csv(tmp_path / "d.csv")), tokenizer=str(folder),
+    folder = tiny_bert(tmp_path / "bert")
+    data = build_text(HFDatasetParams(train=str(sentiment_csv(tmp_path / "d.csv")), tokenizer=str(folder),
                                       max_length=16))
     model = build(HuggingFaceParams(path=str(folder)))
     before = sum(p.numel() for p in model.parameters())
-    ctx = Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
-                  log=logging.getLogger("t"), progress=None)
+    ctx = context(data, model)
     stage = PruneStructured()
     stage.params = PruneStructuredParams(ratio=0.5)
     model = stage.apply(model, ctx)
@@ -41,8 +38,8 @@ def test_prune_heads_and_neurons_then_reload(tmp_path):
 
 
 def test_bert_recipe_prune_heads_quantize_dynamically(tmp_path):
-    folder = make_tiny_bert(tmp_path / "bert")
-    csv = make_sentiment_csv(tmp_path / "d.csv")
+    folder = tiny_bert(tmp_path / "bert")
+    csv = sentiment_csv(tmp_path / "d.csv")
     (tmp_path / "bert.yaml").write_text(
         "defaults:\n  - base\n  - model: huggingface\n  - data: hf_dataset\n"
         "  - /stage@stages.prune: prune_structured\n  - /stage@stages.ft: finetune\n"
@@ -68,17 +65,14 @@ def test_bert_recipe_prune_heads_quantize_dynamically(tmp_path):
 def test_bert_student_with_fewer_layers_starts_from_the_teachers(tmp_path):
     """DistilBERT-style: a 1-layer student of the 2-layer BERT takes the teacher's second layer
     and everything else by name, is distilled, and its checkpoint rebuilds it."""
-    import logging
-
-    from compressor.checkpoint import load_checkpoint, save_checkpoint
+    from compressor.run.checkpoint import load_checkpoint, save_checkpoint
     from compressor.data.text import HFDatasetParams, build as build_text
     from compressor.errors import UserError
-    from compressor.interfaces import Context
     from compressor.models.huggingface import HuggingFaceParams, build
-    from compressor.stages.student import Student, StudentParams, init_from_teacher
+    from compressor.stages.train.student import Student, StudentParams, init_from_teacher
 
-    folder = make_tiny_bert(tmp_path / "bert")
-    data = build_text(HFDatasetParams(train=str(make_sentiment_csv(tmp_path / "d.csv")), tokenizer=str(folder),
+    folder = tiny_bert(tmp_path / "bert")
+    data = build_text(HFDatasetParams(train=str(sentiment_csv(tmp_path / "d.csv")), tokenizer=str(folder),
                                       max_length=16))
     teacher = build(HuggingFaceParams(path=str(folder)))
     spec = {"kind": "huggingface", "path": str(folder), "num_layers": 1}
@@ -91,13 +85,12 @@ def test_bert_student_with_fewer_layers_starts_from_the_teachers(tmp_path):
     with pytest.raises(UserError, match="give 1 teacher layer indices below 2"):
         init_from_teacher(student, teacher, [0, 1])
 
-    ctx = Context(data=data, device=torch.device("cpu"), teacher=teacher, log=logging.getLogger("t"), progress=None,
-                  evaluate=lambda m: {"top1": 0.0})
+    ctx = context(data, teacher, evaluate=lambda m: {"top1": 0.0})
     stage = Student()
-    stage.params = StudentParams(model=spec, teacher_layers=[1], epochs=1, compare_labels_only=False)
+    stage.params = params(StudentParams, model=spec, teacher_layers=[1], epochs=1, compare_labels_only=False)
     model = stage.apply(teacher, ctx)
     assert len(model.model.bert.encoder.layer) == 1 and ctx.notes["params_ratio"] < 1
     x, _ = next(iter(data.val))
-    path = save_checkpoint(model, tmp_path / "s.safetensors", ctx.shared["model"])
+    path = save_checkpoint(model, tmp_path / "s.safetensors", ctx.handoff.model)
     with torch.no_grad():
         assert torch.allclose(load_checkpoint(path)(x), model(x), atol=1e-5)

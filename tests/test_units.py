@@ -4,53 +4,40 @@ import pytest
 import torch
 from torch import nn
 
-from compressor import measure
-from compressor.checkpoint import load_checkpoint, save_checkpoint
-from compressor.data.digits import DigitsParams, build as build_digits
-from compressor.interfaces import Context
-from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn, packaged_accuracy
-from compressor.quant import QuantWrapper
-from compressor.stages.prune_magnitude import PruneMagnitude, PruneMagnitudeParams
-from compressor.stages.quantize_int8 import QuantizeInt8, QuantizeInt8Params, fold_batchnorm
-from compressor.training import accuracy, fit
+from compressor.measure import stats as measure
+from compressor.run.checkpoint import load_checkpoint, save_checkpoint
+from compressor.models.digits_cnn import packaged_accuracy
+from compressor.modules.quant import QuantWrapper
+from compressor.stages.prune.magnitude import PruneMagnitude, PruneMagnitudeParams
+from compressor.stages.quantize.int8 import QuantizeInt8, QuantizeInt8Params, fold_batchnorm
+from compressor.testing import context, digits, digits_cnn, stage
+from compressor.training.loop import accuracy, fit
 
 
 @pytest.fixture(scope="module")
 def data():
-    return build_digits(DigitsParams())
+    return digits()
 
-
-def ctx_for(data, model):
-    import logging
-
-    return Context(data=data, device=torch.device("cpu"), teacher=model, evaluate=lambda m: {},
-                   log=logging.getLogger("test"), progress=None)
-
-
-def make(cls, params):
-    s = cls()
-    s.params = params
-    return s
 
 
 def test_packaged_reference_model_accuracy(data):
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     acc = accuracy(model, data.val)
     assert acc == pytest.approx(packaged_accuracy(), abs=1e-9)
     assert acc >= 0.98
 
 
 def test_digits_split_is_deterministic():
-    a, b = build_digits(DigitsParams()), build_digits(DigitsParams())
+    a, b = digits(), digits()
     assert torch.equal(a.val.dataset.tensors[0], b.val.dataset.tensors[0])
     assert len(a.val.dataset) == 360 and len(a.train.dataset) == 1437
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_prune_magnitude_reaches_ratio(data, scope):
-    model = build_cnn(DigitsCNNParams())
-    ctx = ctx_for(data, model)
-    make(PruneMagnitude, PruneMagnitudeParams(ratio=0.7, scope=scope)).apply(model, ctx)
+    model = digits_cnn()
+    ctx = context(data, model)
+    stage(PruneMagnitude, PruneMagnitudeParams(ratio=0.7, scope=scope)).apply(model, ctx)
     assert measure.sparsity(model) == pytest.approx(0.7, abs=0.01)
     assert not any(hasattr(m, "weight_orig") for m in model.modules())  # masks made permanent
     if scope == "layer":
@@ -60,22 +47,22 @@ def test_prune_magnitude_reaches_ratio(data, scope):
 def test_prune_exclude_pattern_that_matches_nothing(data):
     from compressor.errors import UserError
 
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     with pytest.raises(UserError) as e:
-        make(PruneMagnitude, PruneMagnitudeParams(exclude=["head.*"])).apply(model, ctx_for(data, model))
+        stage(PruneMagnitude, PruneMagnitudeParams(exclude=["head.*"])).apply(model, context(data, model))
     assert e.value.problems[0].key == "exclude"
 
 
 def test_finetune_keeps_pruned_weights_at_zero(data):
-    model = build_cnn(DigitsCNNParams())
-    make(PruneMagnitude, PruneMagnitudeParams(ratio=0.8)).apply(model, ctx_for(data, model))
+    model = digits_cnn()
+    stage(PruneMagnitude, PruneMagnitudeParams(ratio=0.8)).apply(model, context(data, model))
     before = measure.sparsity(model)
     fit(model, data.train, epochs=1, lr=1e-3)
     assert measure.sparsity(model) >= before - 1e-6
 
 
 def test_fold_batchnorm_preserves_outputs(data):
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     x, _ = next(iter(data.val))
     with torch.no_grad():
         ref = model(x)
@@ -86,18 +73,18 @@ def test_fold_batchnorm_preserves_outputs(data):
 
 
 def test_quantize_int8_close_to_float_and_size(data):
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     base = accuracy(model, data.val)
-    ctx = ctx_for(data, model)
-    q = make(QuantizeInt8, QuantizeInt8Params(calibrator="minmax")).apply(model, ctx)
+    ctx = context(data, model)
+    q = stage(QuantizeInt8, QuantizeInt8Params(calibrator="minmax")).apply(model, ctx)
     assert sum(isinstance(m, QuantWrapper) for m in q.modules()) == 5
     assert accuracy(q, data.val) >= base - 0.01
     assert measure.weight_bytes(q) < 0.27 * 4 * measure.count_params(q)
 
 
 def test_quantized_checkpoint_roundtrip_without_pickle(tmp_path, data):
-    model = build_cnn(DigitsCNNParams())
-    q = make(QuantizeInt8, QuantizeInt8Params()).apply(model, ctx_for(data, model))
+    model = digits_cnn()
+    q = stage(QuantizeInt8, QuantizeInt8Params()).apply(model, context(data, model))
     path = save_checkpoint(q, tmp_path / "m.safetensors", {"kind": "digits_cnn"})
     back = load_checkpoint(path)
     x, _ = next(iter(data.val))
@@ -118,11 +105,11 @@ def test_checkpoint_rejects_file_without_metadata(tmp_path):
 
 def test_onnx_int8_export_parity_and_int8_weights(tmp_path, data):
     from compressor.targets.onnxruntime import OrtEngine
-    from compressor.targets.onnx_export import export_onnx
+    from compressor.targets.onnx.export import export_onnx
 
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     fp32 = export_onnx(model, data.example_input(), tmp_path / "fp32.onnx")
-    q = make(QuantizeInt8, QuantizeInt8Params()).apply(model, ctx_for(data, model))
+    q = stage(QuantizeInt8, QuantizeInt8Params()).apply(model, context(data, model))
     int8 = export_onnx(q, data.example_input(), tmp_path / "int8.onnx")
     assert int8.stat().st_size <= 0.27 * fp32.stat().st_size
     engine = OrtEngine(int8, precision="int8")
@@ -138,12 +125,12 @@ def test_onnx_int8_export_parity_and_int8_weights(tmp_path, data):
 
 def test_prune_structured_shrinks_and_roundtrips(tmp_path, data):
     from compressor.errors import UserError
-    from compressor.stages.prune_structured import PruneStructured, PruneStructuredParams
+    from compressor.stages.prune.structured import PruneStructured, PruneStructuredParams
 
-    model = build_cnn(DigitsCNNParams())
+    model = digits_cnn()
     params_before = measure.count_params(model)
-    ctx = ctx_for(data, model)
-    pruned = make(PruneStructured, PruneStructuredParams(ratio=0.5, round_to=4)).apply(model, ctx)
+    ctx = context(data, model)
+    pruned = stage(PruneStructured, PruneStructuredParams(ratio=0.5, round_to=4)).apply(model, ctx)
     assert measure.count_params(pruned) < 0.3 * params_before
     assert 0.2 < ctx.notes["macs_ratio"] < 0.3
     assert pruned[-1].out_features == 10  # the classifier head keeps every class
@@ -154,12 +141,12 @@ def test_prune_structured_shrinks_and_roundtrips(tmp_path, data):
     with torch.no_grad():
         assert torch.equal(pruned.eval()(x), back(x))
     with pytest.raises(UserError) as e:
-        make(PruneStructured, PruneStructuredParams(ignore=["nothing.*"])).apply(build_cnn(DigitsCNNParams()), ctx)
+        stage(PruneStructured, PruneStructuredParams(ignore=["nothing.*"])).apply(digits_cnn(), ctx)
     assert e.value.problems[0].key == "ignore"
 
 
 def test_gradual_cubic_schedule():
-    from compressor.stages.prune_structured import cubic_schedule
+    from compressor.stages.prune.structured import cubic_schedule
 
     s = cubic_schedule(0.5, 4)
     assert s[0] == 0 and s[-1] == pytest.approx(0.5)

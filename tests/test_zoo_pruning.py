@@ -2,32 +2,27 @@
 shrinks, still runs, exports to ONNX and matches ONNX Runtime, and its pruned architecture
 rebuilds from the checkpoint's layer specs without pickle. bench/zoo_pruning.py runs the whole zoo."""
 import copy
-import logging
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from compressor.checkpoint import (apply_layer_attrs, apply_layer_specs, fit_bare_params, layer_attrs,
+from compressor.run.checkpoint import (apply_layer_attrs, apply_layer_specs, fit_bare_params, layer_attrs,
                                    layer_specs)
 from compressor.errors import UserError
-from compressor.interfaces import Context, DataSplits
-from compressor.stages.prune_structured import PruneStructured, PruneStructuredParams
-from compressor.targets.onnx_export import export_onnx
+from compressor.core.interfaces import Context
+from compressor.stages.prune.structured import PruneStructured, PruneStructuredParams
+from compressor.targets.onnx.export import export_onnx
 from compressor.targets.onnxruntime import OrtEngine
+from compressor.testing import context, tensor_data
 
 tvm = torchvision.models
 
 
 def prune(model: nn.Module, size: int, **params) -> tuple[nn.Module, Context]:
-    x = torch.rand(2, 3, size, size)
-    dl = DataLoader(TensorDataset(x, torch.zeros(2, dtype=torch.long)), batch_size=2)
-    data = DataSplits(train=dl, val=dl, calib=dl, num_classes=1000, input_shape=(3, size, size))
-    ctx = Context(data=data, device=torch.device("cpu"), teacher=None, evaluate=lambda m: {},
-                  log=logging.getLogger("test"), progress=None)
+    ctx = context(tensor_data(torch.rand(2, 3, size, size), num_classes=1000, batch_size=2))
     stage = PruneStructured()
     stage.params = PruneStructuredParams(**{"ratio": 0.5, **params})
     return stage.apply(model, ctx), ctx

@@ -1,11 +1,13 @@
-"""Dataset sources: functions `build(params, seed) -> DataSplits` registered by short name."""
+"""Dataset sources: functions `build(params, seed) -> DataSplits` registered by short name (digits,
+image folders, photos, text, tensors, torchvision and Hugging Face datasets), and `build_data` that
+turns a recipe's `data:` section into splits. Imports the registry and `compressor.core` only."""
 from __future__ import annotations
 
 from typing import Any
 
 from compressor.errors import UserError
-from compressor.interfaces import DataSplits
-from compressor.params import parse_params
+from compressor.core.interfaces import DataSplits
+from compressor.core.params import parse_params
 from compressor.registry import DATASETS
 
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from compressor.errors import UserError
-from compressor.interfaces import DataSplits
+from compressor.core.interfaces import DataSplits
 
 
 def installed(package: str) -> bool:

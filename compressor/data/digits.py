@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from compressor.interfaces import DataSplits
+from compressor.core.interfaces import DataSplits
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from compressor.data.common import check_loader
-from compressor.interfaces import DataSplits
+from compressor.core.interfaces import DataSplits
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

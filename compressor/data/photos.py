@@ -45,8 +45,8 @@ from torch.utils.data import Dataset
 
 from compressor.data.common import installed, make_splits
 from compressor.errors import UserError, did_you_mean
-from compressor.interfaces import DataSplits
-from compressor.params import one_of
+from compressor.core.interfaces import DataSplits
+from compressor.core.params import one_of
 
 MISSING = "needs the real-models extra: pip install 'compressor[real]'"
 NORMALIZE = {"inception": ([127 / 255] * 3, [128 / 255] * 3), "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),

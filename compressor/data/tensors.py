@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 
 from compressor.data.common import check_loader, make_splits, split_by_seed
 from compressor.errors import UserError, did_you_mean
-from compressor.interfaces import DataSplits
+from compressor.core.interfaces import DataSplits
 
 DEFAULT_Y = "y"
 

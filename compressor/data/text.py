@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 from compressor.data.common import check_loader, installed, make_splits, split_by_seed
 from compressor.errors import UserError, did_you_mean
-from compressor.interfaces import DataSplits
+from compressor.core.interfaces import DataSplits
 
 FILE_TYPES = (".csv", ".jsonl", ".json", ".parquet")
 NEEDS_DATASETS = "needs the `datasets` package (pip install 'compressor[hf]')"
@@ -27,7 +27,7 @@ NEEDS_DATASETS = "needs the `datasets` package (pip install 'compressor[hf]')"
 
 def _resolve_packaged(params, *keys: str) -> None:
     """`packaged:tiny_bert[/file]` in these path params -> the folder shipped in compressor/models/."""
-    from compressor.models.packaged import resolve
+    from compressor.core.packaged import resolve
 
     for key in keys:
         setattr(params, key, resolve(getattr(params, key)))
@@ -36,7 +36,7 @@ def _resolve_packaged(params, *keys: str) -> None:
 def _check_tokenizer(params):
     if not installed("transformers"):
         yield "kind", "needs the transformers package: pip install 'compressor[hf]'"
-    from compressor.models.packaged import missing
+    from compressor.core.packaged import missing
 
     if missing(params.tokenizer):
         yield "tokenizer", missing(params.tokenizer)

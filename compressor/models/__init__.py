@@ -1,5 +1,7 @@
 """Model sources. Each is a function `build(params, load_weights=True) -> nn.Module`
-registered under a short name; `build_model` turns a recipe's `model:` section into a module."""
+registered under a short name; `build_model` turns a recipe's `model:` section into a module.
+Imports `compressor.data` and `compressor.training` (the packaged toy models train on first use),
+the registry and `compressor.core`."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.params import parse_params
+from compressor.core.params import parse_params
 from compressor.registry import MODELS
 
 

@@ -71,7 +71,7 @@ def packaged_accuracy() -> float:
 
 def train_reference(epochs: int = 40, seed: int = 0) -> tuple[nn.Module, float]:
     from compressor.data.digits import DigitsParams, build as build_digits
-    from compressor.training import fit, accuracy
+    from compressor.training.loop import fit, accuracy
 
     torch.manual_seed(seed)
     data = build_digits(DigitsParams(batch_size=64), seed=seed)

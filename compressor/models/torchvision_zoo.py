@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError, did_you_mean
-from compressor.untrusted import torch_load
+from compressor.core.untrusted import torch_load
 
 
 def zoo_names() -> list[str]:

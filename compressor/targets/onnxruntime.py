@@ -12,11 +12,11 @@ import onnx
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.interfaces import Context
-from compressor.params import one_of
-from compressor.quant import needs_reduce_range
-from compressor.targets.onnx_export import OPSET, export_onnx
-from compressor.untrusted import check_onnx_external_data
+from compressor.core.interfaces import Context
+from compressor.core.params import one_of
+from compressor.modules.quant import needs_reduce_range
+from compressor.targets.onnx.export import OPSET, export_onnx
+from compressor.core.untrusted import check_onnx_external_data
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",

@@ -33,10 +33,10 @@ import numpy as np
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.interfaces import Context
-from compressor.params import one_of
-from compressor.quant import needs_reduce_range
-from compressor.targets.onnx_export import export_onnx
+from compressor.core.interfaces import Context
+from compressor.core.params import one_of
+from compressor.modules.quant import needs_reduce_range
+from compressor.targets.onnx.export import export_onnx
 
 DEVICES = ("CPU", "GPU", "NPU")
 MISSING = "OpenVINO is not installed: pip install openvino (or compressor[openvino])"

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.atomic import atomic_path
-from compressor.interfaces import Context
-from compressor.params import one_of
-from compressor.untrusted import load_exported_program
+from compressor.core.atomic import atomic_path
+from compressor.core.interfaces import Context
+from compressor.core.params import one_of
+from compressor.core.untrusted import load_exported_program
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_BATCH = 4096

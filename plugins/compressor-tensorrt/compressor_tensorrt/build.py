@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compressor.atomic import atomic_path
+from compressor.plugin import atomic_path
 from compressor.errors import UserError
 
 from compressor_tensorrt.logger import make_logger

@@ -3,7 +3,7 @@
 TensorRT quantizes symmetrically: every QuantizeLinear/DequantizeLinear has a signed zero
 point of 0, and a DequantizeLinear reads INT8, FP8 or INT4 values only ("Working with
 Quantized Types" and "Explicit Quantization" in the TensorRT 10 developer guide). The INT8
-graph that `compressor.targets.onnx_export.export_onnx` writes is made for ONNX Runtime's
+graph that `compressor.targets.onnx.export.export_onnx` writes is made for ONNX Runtime's
 integer kernels and differs in two ways, undone here:
 
 - activations are uint8 with a zero point (asymmetric). Each becomes int8 with zero point 0

@@ -16,13 +16,9 @@ import onnx
 import torch
 from torch import nn
 
-from compressor.atomic import atomic_path, write_json
 from compressor.errors import UserError
-from compressor.interfaces import Context
-from compressor.params import one_of
-from compressor.quant import float_dtype, is_dynamic, is_quantized, is_weight_only
-from compressor.registry import target
-from compressor.targets.onnx_export import OPSET, export_onnx
+from compressor.plugin import (OPSET, Context, atomic_path, export_onnx, float_dtype, is_dynamic, is_quantized,
+                               is_weight_only, one_of, target, write_json)
 
 from compressor_tensorrt.build import BuildOptions, build_serialized
 from compressor_tensorrt.engine import TensorRTEngine, sidecar

@@ -1,0 +1,3 @@
+"""Running a plan: the pipeline (`runner`: baseline, stages, engines, checks, gates, report) and
+model checkpoints as safetensors with their architecture (`checkpoint`). Imports everything below it:
+`recipe`, `models`, `data`, `measure`, `report`, `core` (stages and targets come through the plan)."""
