@@ -44,10 +44,9 @@ def resnet18(tmp: Path) -> list[str]:
 
 
 def bert(tmp: Path) -> list[str]:
-    from compressor.testing import sentiment_csv, tiny_bert
-
     from compressor.data.text import HFDatasetParams, build as build_text
     from compressor.models.huggingface import HuggingFaceParams, build
+    from compressor.testing import sentiment_csv, tiny_bert
     from compressor.training.loop import fit
 
     folder = tiny_bert(tmp / "bert")
