@@ -23,10 +23,9 @@ $(STAMP): requirements-ci.txt requirements-real.txt pyproject.toml $(PLUGINS:%=%
 run: setup
 	$(BIN)/compressor run
 
-# two workers, a test file each at a time (module fixtures stay shared): both cores busy while one
-# test waits on a subprocess
+# two workers, one math thread each (tests/conftest.py), tests handed out as workers free up
 test: setup
-	$(BIN)/python -m pytest -q -ra --durations=20 -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -ra --durations=20 -n 2 --dist worksteal
 
 bench: setup
 	$(BIN)/python bench/default_recipe.py

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs two xdist workers on the machine's cores: one math thread each (the CLI runs they
+# start inherit it), or the four threads of two torch/OpenMP pools fight over two cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = os.environ.get(var) or "1"
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
