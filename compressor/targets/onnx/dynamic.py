@@ -36,7 +36,6 @@ the forward pass never calls, such as BERT's pooler under mean pooling, is not i
 written in another form would stay float, and parity would say so)."""
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import onnx
@@ -44,18 +43,10 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compressor.modules.quant import PER_TOKEN_EPS, PER_TOKEN_ZERO_POINT, QuantEmbedding, QuantWrapper
+from compressor.targets.onnx.match import attr, layer_of, linear_keys, weight_key
 
 _EPS, _127, _ONE, _ZP_U8 = "per_token_eps", "per_token_127", "per_token_one", "per_token_zero_point_u8"
 _AXES, _ZP_I32 = "per_token_axes", "per_token_zero_point_i32"
-
-
-def _key(a: np.ndarray) -> tuple:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    return a.shape, hashlib.sha1(a.tobytes()).hexdigest()
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _opset(proto: onnx.ModelProto) -> int:
@@ -76,7 +67,7 @@ def per_token_matmuls(proto: onnx.ModelProto, model: nn.Module) -> onnx.ModelPro
     for m in model.modules():
         if isinstance(m, QuantWrapper) and m.dynamic and m.activations == "per_token":
             w = m.quantized_weight().detach().float().numpy()
-            layers[("Gemm",) + _key(w)] = layers[("MatMul",) + _key(w.T)] = m  # tied twins: the same integers
+            layers.update(dict.fromkeys(linear_keys(w), m))  # tied twins: the same integers
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
     opset = _opset(proto)
@@ -90,12 +81,7 @@ def per_token_matmuls(proto: onnx.ModelProto, model: nn.Module) -> onnx.ModelPro
     quantized: dict[str, tuple[str, str]] = {}  # input name -> (uint8 tensor, scale)
     nodes = []
     for node in g.node:
-        m = None
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            plain = node.op_type == "MatMul" or (_attr(node, "transB", 0) == 1 and _attr(node, "transA", 0) == 0
-                                                 and _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0)
-            if plain:
-                m = layers.get((node.op_type,) + _key(numpy_helper.to_array(inits[node.input[1]])))
+        m = layer_of(node, inits, layers)
         if m is None:
             nodes.append(node)
             continue
@@ -150,14 +136,14 @@ def int8_embeddings(proto: onnx.ModelProto, model: nn.Module) -> onnx.ModelProto
     tables = {}
     for m in model.modules():
         if isinstance(m, QuantEmbedding):
-            tables[_key(m.inner.weight.detach().float().numpy())] = m
+            tables[weight_key(m.inner.weight.detach().float().numpy())] = m
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
     nodes, done = [], {}
     for node in g.node:
         m = None
-        if node.op_type == "Gather" and node.input[0] in inits and _attr(node, "axis", 0) == 0:
-            m = tables.get(_key(numpy_helper.to_array(inits[node.input[0]])))
+        if node.op_type == "Gather" and node.input[0] in inits and attr(node, "axis", 0) == 0:
+            m = tables.get(weight_key(numpy_helper.to_array(inits[node.input[0]])))
         if m is None:
             nodes.append(node)
             continue

@@ -8,7 +8,6 @@ The exported graph holds each Linear as Gemm (W) or, for 3-D inputs, MatMul (W t
 layer is found by its weight's values."""
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import onnx
@@ -16,11 +15,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from compressor.modules.quant import WeightOnly
-
-
-def _key(a: np.ndarray) -> tuple:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    return a.shape, hashlib.sha1(a.tobytes()).hexdigest()
+from compressor.targets.onnx.match import layer_of, linear_keys
 
 
 def _pack(q: np.ndarray, bits: int) -> np.ndarray:
@@ -32,27 +27,17 @@ def _pack(q: np.ndarray, bits: int) -> np.ndarray:
     return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def weight_only_matmuls(proto: onnx.ModelProto, model: nn.Module) -> onnx.ModelProto:
     layers = {}
     for m in model.modules():
         if isinstance(m, WeightOnly):
             w = m.inner.weight.detach().float().numpy()
-            layers[("Gemm",) + _key(w)] = m
-            layers[("MatMul",) + _key(w.T)] = m
+            layers.update(dict.fromkeys(linear_keys(w), m))
     g = proto.graph
     inits = {i.name: i for i in g.initializer}
     nodes = []
     for node in g.node:
-        m = None
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            plain_gemm = node.op_type == "MatMul" or (_attr(node, "transB", 0) == 1 and _attr(node, "transA", 0) == 0
-                                                      and _attr(node, "alpha", 1.0) == 1.0 and _attr(node, "beta", 1.0) == 1.0)
-            if plain_gemm:
-                m = layers.get((node.op_type,) + _key(numpy_helper.to_array(inits[node.input[1]])))
+        m = layer_of(node, inits, layers)
         if m is None:
             nodes.append(node)
             continue
