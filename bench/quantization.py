@@ -212,11 +212,12 @@ with ours' scheme (per_channel=True, activation_type=QUInt8, reduce_range as our
   {speedup(res, 'ort_like_ours'):.2f}x, its defaults {speedup(res, 'ort'):.2f}x. Ours runs every conv in integers
   ({k.get('QLinearConv', 0)} QLinearConv); the 8 residual Adds run in float on conv outputs that the PyTorch
   model itself quantizes (since issue 22), so the engine computes what the measured model computes
-  (relative error 0.0066, `tests/test_quantization_cnn.py`); ORT's own quantizer puts Q/DQ on the
+  (its relative error is in the parity table below); ORT's own quantizer puts Q/DQ on the
   Adds as well ({res['ort_like_ours']['kernels'].get('QLinearAdd', 0)} QLinearAdd in its graph), values the PyTorch model never
   rounded.
 - digits CNN: no residuals; ours and ORT's run the same kernels ({r['digits_cnn']['ours']['integer_kernels']} integer ones):
-  ours {speedup(r['digits_cnn'], 'ours'):.2f}x, ORT's {speedup(r['digits_cnn'], 'ort_like_ours'):.2f}x, a tie within run-to-run noise.
+  ours {speedup(r['digits_cnn'], 'ours'):.2f}x, ORT's {speedup(r['digits_cnn'], 'ort_like_ours'):.2f}x (the same kernels: what differs is outside them,
+  and moves by a few percent from run to run).
 - tiny BERT: at hidden size 64 and 16 tokens the matmuls are too small for integer kernels to pay
   for the quantize steps: ours {speedup(bert, 'ours'):.2f}x FP32, ORT's {speedup(bert, 'ort_like_ours'):.2f}x / {speedup(bert, 'ort'):.2f}x.
 """

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from compressor.builtins import BUILTINS
 from compressor.errors import UserError, did_you_mean
 
 
@@ -100,8 +101,6 @@ def _load_builtins() -> None:
     global _builtins_loaded
     if not _builtins_loaded:
         _builtins_loaded = True
-        from compressor.builtins import BUILTINS
-
         for kind, name, obj, params in BUILTINS:
             registry = next(r for r in ALL.values() if r.kind == kind)
             registry.entries[name] = Entry(name, obj, params, "compressor")
