@@ -24,6 +24,8 @@ BUILTINS: list[tuple[str, str, str, str | None]] = [
      f"{S}.quantize.weight_only:QuantizeWeightOnlyParams"),
     ("stage", "quantize_experimental", f"{S}.quantize.experimental:QuantizeExperimental",
      f"{S}.quantize.experimental:QuantizeExperimentalParams"),
+    ("stage", "quantize_w8a8", f"{S}.quantize.w8a8:QuantizeW8A8", f"{S}.quantize.w8a8:QuantizeW8A8Params"),
+    ("stage", "prune_sparse", f"{S}.prune.sparse_llm:PruneSparse", f"{S}.prune.sparse_llm:PruneSparseParams"),
     ("stage", "quantize_fp16", f"{S}.quantize.float16:QuantizeFP16", f"{S}.quantize.float16:QuantizeFloatParams"),
     ("stage", "quantize_bf16", f"{S}.quantize.float16:QuantizeBF16", f"{S}.quantize.float16:QuantizeFloatParams"),
 
@@ -46,4 +48,5 @@ BUILTINS: list[tuple[str, str, str, str | None]] = [
     ("dataset", "torchvision_dataset", f"{D}.torchvision_data:build", f"{D}.torchvision_data:TorchvisionDatasetParams"),
     ("dataset", "photos", f"{D}.photos:build", f"{D}.photos:PhotosParams"),
 ] + [("metric", name, f"{E}:{name}", None)
-     for name in ("top1", "top5", "agreement", "fidelity", "neighbour_agreement", "output_mse")]
+     for name in ("top1", "top5", "agreement", "fidelity", "neighbour_agreement", "output_mse")] + [
+    ("metric", name, f"compressor.measure.lm:{name}", None) for name in ("perplexity", "kld", "token_agreement")]

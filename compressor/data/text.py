@@ -5,7 +5,12 @@ downloaded). Inputs are padded token ids of a fixed length (int64).
 file, or a dataset saved with `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk`
 (a folder). Parquet files and saved datasets need the `datasets` package.
 `text`: a plain text file of sentences, one per line, for embedding models: unlabelled, so
-the report measures fidelity metrics against the uncompressed model."""
+the report measures fidelity metrics against the uncompressed model. With `mode: lm` (causal
+language models) the file is one token stream (lines joined by a blank line) cut into fixed windows
+of `max_length` + 1 tokens, `stride` apart: inputs are a window's first `max_length` tokens, labels
+the next token at each position. The evaluation split is the stream's last `val_tokens` tokens
+(or `val_fraction` of it, or the `val` file), calibration and training windows come from the rest,
+so no evaluated token was seen in calibration. Deterministic: no shuffling but the training loader's."""
 from __future__ import annotations
 
 import csv
@@ -20,6 +25,7 @@ from torch.utils.data import TensorDataset
 from compressor.data.common import check_loader, installed, make_splits, split_by_seed
 from compressor.errors import UserError, did_you_mean
 from compressor.core.interfaces import DataSplits
+from compressor.core.params import one_of
 
 FILE_TYPES = (".csv", ".jsonl", ".json", ".parquet")
 NEEDS_DATASETS = "needs the `datasets` package (pip install 'compressor[hf]')"
@@ -192,12 +198,18 @@ def _numeric_first(label: str):
 # ---------------------------------------------------------------- text
 
 
+MODES = ("sentences", "lm")
+
+
 @dataclass
 class TextParams:
     path: str = "???"  # a UTF-8 text file, one sentence per line (blank lines skipped)
     val: Optional[str] = None  # a second such file; default: split `path` by val_fraction
     tokenizer: str = "???"  # a folder with a saved tokenizer (often the model's folder)
-    max_length: int = 64
+    mode: str = "sentences"  # sentences: one padded input per line; lm: fixed token windows for a causal LM
+    max_length: int = 64  # lm: tokens predicted per window
+    stride: Optional[int] = None  # lm: tokens between window starts; default max_length (no overlap)
+    val_tokens: Optional[int] = None  # lm: evaluate on the stream's last N tokens; default val_fraction of it
     batch_size: int = 16
     workers: int = 0
     val_fraction: float = 0.2
@@ -213,6 +225,11 @@ class TextParams:
                 yield key, f"file not found: {path}"
         yield from _check_tokenizer(self)
         yield from check_loader(self)
+        yield from one_of(self.mode, MODES, "mode")
+        if self.stride is not None and self.stride < 1:
+            yield "stride", f"must be >= 1, got {self.stride}"
+        if self.val_tokens is not None and self.val_tokens < self.max_length:
+            yield "val_tokens", f"must be at least max_length ({self.max_length}), got {self.val_tokens}"
 
 
 def read_sentences(path: str, key: str) -> list[str]:
@@ -228,6 +245,8 @@ def read_sentences(path: str, key: str) -> list[str]:
 
 def build_text(params: TextParams, seed: int = 0) -> DataSplits:
     tokenizer = _load_tokenizer(params.tokenizer)
+    if params.mode == "lm":
+        return _lm_windows(params, tokenizer, seed)
 
     def encode(path: str, key: str) -> TensorDataset:
         ids = _tokenize(tokenizer, read_sentences(path, key), params.max_length)
@@ -239,3 +258,32 @@ def build_text(params: TextParams, seed: int = 0) -> DataSplits:
     else:
         train, val = split_by_seed(train, params.val_fraction, seed, key="data.path")
     return make_splits(train, val, params, seed, num_classes=None, input_shape=(params.max_length,), labelled=False)
+
+
+def token_stream(tokenizer, path: str, key: str) -> torch.Tensor:
+    """A text file as one stream of token ids: its non-blank lines joined by a blank line."""
+    text = "\n\n".join(read_sentences(path, key))
+    return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+
+
+def windows(stream: torch.Tensor, length: int, stride: int) -> TensorDataset:
+    """(inputs, next tokens) of every full window of length + 1 tokens starting `stride` apart."""
+    starts = range(0, len(stream) - length, stride)
+    w = torch.stack([stream[s: s + length + 1] for s in starts]) if len(starts) else stream.new_zeros(0, length + 1)
+    return TensorDataset(w[:, :-1].contiguous(), w[:, 1:].contiguous())
+
+
+def _lm_windows(p: TextParams, tokenizer, seed: int) -> DataSplits:
+    stream = token_stream(tokenizer, p.path, "data.path")
+    stride = p.stride or p.max_length
+    if p.val:
+        train, val = stream, token_stream(tokenizer, p.val, "data.val")
+    else:
+        n_val = p.val_tokens or int(len(stream) * p.val_fraction)
+        train, val = stream[: len(stream) - n_val - 1], stream[len(stream) - n_val - 1:]
+    train_w, val_w = windows(train, p.max_length, stride), windows(val, p.max_length, p.max_length)
+    for name, ds, key in (("training", train_w, "data.path"), ("evaluation", val_w, "data.val_tokens")):
+        if len(ds) == 0:
+            raise UserError(f"the {name} text has fewer than max_length + 1 = {p.max_length + 1} tokens "
+                            f"({len(stream)} in all): shorten max_length or add text", key=key)
+    return make_splits(train_w, val_w, p, seed, num_classes=None, input_shape=(p.max_length,))

@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from compressor.measure import lm
 from compressor.modules.quant import QuantEmbedding, QuantWrapper, WeightOnly, as_input
 from compressor.registry import METRICS
 
@@ -66,6 +67,45 @@ def sparsity(model: nn.Module) -> float:
     return zeros / max(total, 1)
 
 
+class PeakMemory:
+    """Peak resident memory of this process above where it started, sampled every 10 ms while the
+    `with` block runs (the stage's own working memory: Hessians, activations, copies)."""
+
+    def __init__(self):
+        import threading
+
+        self.start = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self):
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, _rss())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def bytes(self) -> int:
+        return self.peak - self.start
+
+
+def _rss() -> int:
+    try:
+        import os
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # not Linux: no figure rather than a wrong one
+        return 0
+
+
 def latency(fn: Callable[[], object], warmup: int = 10, iters: int = 50) -> dict[str, float]:
     """p50/p90 wall time of `fn` in milliseconds, after warm-up."""
     for _ in range(warmup):
@@ -103,12 +143,29 @@ def collect(predict: Callable[[torch.Tensor], np.ndarray], loader: DataLoader) -
     return np.concatenate(outs), np.concatenate(labels)
 
 
-def evaluate(predict, loader: DataLoader, metric_names: list[str], reference: np.ndarray | None = None,
+def is_lm_data(loader: DataLoader) -> bool:
+    """Token windows with next-token labels (text in `mode: lm`): the language-model metrics apply."""
+    x, y = loader.dataset[0]
+    return torch.is_tensor(y) and x.ndim == 1 and y.shape == x.shape and not x.is_floating_point()
+
+
+def reference(predict, loader: DataLoader):
+    """The uncompressed model's outputs that fidelity metrics compare with: all of them, or for a
+    language model its next-token log-probabilities (compressor.measure.lm)."""
+    return lm.reference(predict, loader) if is_lm_data(loader) else collect(predict, loader)[0]
+
+
+def evaluate(predict, loader: DataLoader, metric_names: list[str], reference=None,
              labelled: bool = True) -> dict[str, float]:
     """The named metrics that can be measured here: label metrics need labelled data,
-    fidelity metrics the uncompressed model's outputs (`reference`)."""
-    outputs, labels = collect(predict, loader)
-    have = {"labels": labelled, "reference": reference is not None}
+    fidelity metrics the uncompressed model's outputs (`reference`), language-model metrics
+    token windows (reduced batch by batch, see compressor.measure.lm)."""
+    if is_lm_data(loader):
+        outputs, labels = lm.accumulate(predict, loader, reference), None
+        have = {"tokens": True}
+    else:
+        outputs, labels = collect(predict, loader)
+        have = {"labels": labelled, "reference": reference is not None}
     result = {}
     for name in metric_names:
         fn = METRICS.get(name, key="eval.metric").obj

