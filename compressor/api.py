@@ -6,7 +6,7 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -73,6 +73,32 @@ def load_engine(path: str | Path):
         if path.suffix in getattr(target, "suffixes", ()):
             return target.load(path)
     raise UserError(f"no registered target reads '{path.suffix}' files ({path})", key="engine")
+
+
+def generate(path: str | Path, prompt: str, max_new_tokens: int = 128, sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, chat: bool = True) -> Iterator[str]:
+    """Stream the text a language-model engine writes after `prompt` (through the tokenizer's chat
+    template where it has one and `chat`), piece by piece as tokens come: greedy, or sampled."""
+    engine = load_engine(path)
+    if not hasattr(engine, "generate"):
+        raise UserError(f"{engine.path} is not a language-model engine (built from a model with task: causal_lm)",
+                        key="engine")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(Path(engine.path).parent), local_files_only=True)
+    if chat and tok.chat_template:
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=True)["input_ids"]
+    else:
+        ids = tok(prompt)["input_ids"]
+    out, shown = [], ""
+    for token in engine.generate(list(ids), max_new_tokens, greedy=not sample, temperature=temperature, top_p=top_p,
+                                 seed=seed):
+        out.append(token)
+        text = tok.decode(out, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # a character still split between tokens waits for the next
+            yield text[len(shown):]
+            shown = text
 
 
 def bench_engine(path: str | Path, batch: int = 32, warmup: int = 10, iters: int = 50) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The `compressor` command: run, validate, ls, bench, report.
+"""The `compressor` command: run, validate, ls, bench, generate, report.
 
 `run` validates the whole recipe first (every problem at once, no folder written), then
 hands the command line to Hydra, so everything Hydra offers keeps working (`-m`, `--cfg`,
@@ -34,6 +34,8 @@ USAGE = """usage: compressor COMMAND ...
   validate [RECIPE] [overrides]     compose and check everything, run nothing
   ls [stages|targets|models|datasets|metrics|recipes]
   bench PATH                        latency/throughput of a built engine
+  generate PATH --prompt TEXT       stream a language-model engine's answer [--max-new-tokens N]
+                                    [--sample --temperature T --top-p P --seed S] [--no-chat]
   report PATH                       table and plot for a run folder; summary and Pareto plot for a sweep
   --trust-pickle                    (run, validate, bench) allow full pickles in .pt/.pth/.pt2 files
 exit codes: 0 ok, 1 error, 2 invalid recipe, 3 a gate failed"""
@@ -295,6 +297,35 @@ def cmd_bench(argv: list[str]) -> int:
     return EXIT_OK
 
 
+def cmd_generate(argv: list[str]) -> int:
+    import time
+
+    from compressor.api import generate
+
+    if not argv or argv[0].startswith("-"):
+        raise UserError("give the path of a built language-model engine (its folder, or a run folder)", key="generate")
+    prompt = _flag(argv, "--prompt")
+    if prompt is None:
+        raise UserError("give a prompt: --prompt \"...\"", key="generate")
+
+    def number(flag: str, default, kind):
+        value = _flag(argv, flag)
+        try:
+            return kind(value) if value is not None else default
+        except ValueError:
+            raise UserError(f"{flag} must be a number, got {value!r}", key="generate") from None
+
+    t, pieces = time.perf_counter(), 0
+    for piece in generate(argv[0], prompt, number("--max-new-tokens", 128, int), "--sample" in argv,
+                          number("--temperature", 1.0, float), number("--top-p", 1.0, float),
+                          number("--seed", 0, int), chat="--no-chat" not in argv):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        pieces += 1
+    err.print(f"\n[dim]{pieces} pieces in {time.perf_counter() - t:.2f} s[/]")
+    return EXIT_OK
+
+
 def cmd_report(argv: list[str]) -> int:
     from compressor.api import rebuild_report
 
@@ -311,7 +342,8 @@ def cmd_report(argv: list[str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "bench": cmd_bench, "report": cmd_report}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "ls": cmd_ls, "bench": cmd_bench, "generate": cmd_generate,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

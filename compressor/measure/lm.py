@@ -68,7 +68,7 @@ def accumulate(predict: Callable, batches: Iterable, ref: Reference | None) -> T
         s.nll -= float(logp.gather(-1, y.unsqueeze(-1)).double().sum())
         s.tokens += y.numel()
         if ref is not None:
-            r = torch.from_numpy(ref.logp[row: row + len(y)]).float()
+            r = torch.tensor(ref.logp[row: row + len(y)], dtype=torch.float32)
             s.kl += float((r.exp() * (r - logp)).sum(-1).double().sum())
             s.agree += int((logp.argmax(-1) == torch.from_numpy(ref.argmax[row: row + len(y)])).sum())
             row += len(y)

@@ -38,6 +38,8 @@ class EvalConfig:
     warmup: int = 10
     iters: int = 50
     parity_samples: int = 512  # validation inputs parity is judged on (all of them where the split is smaller)
+    max_ppl_increase: Optional[float] = None  # language models: largest allowed relative perplexity increase (0.05 = 5%)
+    max_kld: Optional[float] = None  # language models: largest allowed mean KL divergence to the uncompressed model
 
 
 @dataclass

@@ -203,6 +203,10 @@ def _eval_checks(ev: EvalConfig) -> list[Problem]:
         found.append(Problem("eval.max_drop", f"must be in [0, 1] (0.01 = 1 point), got {ev.max_drop}"))
     if ev.min_speedup is not None and not ev.min_speedup > 0:  # nan too
         found.append(Problem("eval.min_speedup", f"must be positive, got {ev.min_speedup}"))
+    for key in ("max_ppl_increase", "max_kld"):
+        value = getattr(ev, key)
+        if value is not None and not value >= 0:
+            found.append(Problem(f"eval.{key}", f"must be >= 0, got {value}"))
     if ev.iters < 1:
         found.append(Problem("eval.iters", f"must be >= 1, got {ev.iters}"))
     if ev.warmup < 0:

@@ -115,8 +115,11 @@ def training_lines(report: dict[str, Any]) -> list[str]:
 def parity_line(p: dict[str, Any]) -> str:
     """What parity judged (statistic, tolerance, samples) and the statistics reported beside it."""
     line = (f"- parity with PyTorch on {p['samples']} inputs: {p.get('statistic', 'relative_error')} "
-            f"{_g(p.get('value'))} (tolerance {_g(p.get('tolerance'))}, {'passed' if p['passed'] else '**failed**'}); "
-            f"cosine mean {_g(p.get('cosine_mean'))}, min {_g(p.get('cosine_min'))}; max abs {_g(p['max_abs'])}")
+            f"{_g(p.get('value'))} (tolerance {_g(p.get('tolerance'))}, {'passed' if p['passed'] else '**failed**'}); ")
+    if "tokens" in p:  # a language model: windows of tokens, compared as next-token distributions
+        return line + (f"over {p['tokens']} tokens: KL divergence to the PyTorch model {_g(p['kld'])}, "
+                       f"top-1 next-token agreement {_g(p['token_agreement'])}")
+    line += f"cosine mean {_g(p.get('cosine_mean'))}, min {_g(p.get('cosine_min'))}; max abs {_g(p['max_abs'])}"
     if p.get("kl_mean") is not None:
         line += f"; KL {_g(p['kl_mean'])}; top-1 agreement {_g(p.get('agreement'))}"
         if p.get("agreement_confident") is not None:
@@ -140,6 +143,12 @@ def markdown(report: dict[str, Any], plot: str | None) -> str:
         lines += ["", f"## Engine: {e['target']} {e['precision']}", "",
                   f"- file: `{e['path']}` ({e['size_bytes']} bytes), provider {e['provider']}",
                   parity_line(e["parity"])]
+        if e.get("generation"):
+            g = e["generation"]
+            lines.append(f"- generation (batch 1, {g.get('prompt_len')}-token prompt, {g.get('new_tokens')} new tokens): "
+                         f"time to first token {g['ttft_ms']:.1f} ms, decode {g['decode_tokens_per_s']:.1f} tokens/s; "
+                         f"greedy output identity with FP32 {e.get('greedy_identity')}; perplexity vs its PyTorch "
+                         f"model {100 * e.get('ppl_vs_model', 0):+.3f}%")
         if e.get("throughput"):
             lines.append(f"- throughput: {e['throughput']['samples_per_s']:,.0f} samples/s at batch {e['throughput']['batch']}")
         if e.get("notes", {}).get("kernels"):

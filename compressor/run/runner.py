@@ -23,7 +23,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from compressor.core import distributed
-from compressor.measure import parity
+from compressor.measure import generation, lm_parity, parity
 from compressor.measure import stats as measure
 from compressor.core.atomic import remove_leftovers
 from compressor.run.checkpoint import load_checkpoint, save_checkpoint
@@ -31,6 +31,7 @@ from compressor.data import build_data
 from compressor.errors import UserError
 from compressor.core.interfaces import Context, DataSplits, Handoff
 from compressor.models import build_model
+from compressor.models.causal_lm import is_causal_lm
 from compressor.recipe.plan import Plan, calibrating_slots, not_bit_exact
 from compressor.registry import METRICS
 from compressor.report.writer import write_outputs
@@ -75,6 +76,9 @@ def engine_checks(engine, model: nn.Module, data: DataSplits, plan: Plan, score)
             seen += len(x)
         return out
 
+    if measure.is_lm_data(data.val):  # logits of a whole vocabulary per token: compared window by window
+        return {"metric": score(lambda x: engine(x.numpy())), "parity": lm_parity.compare(engine, torch_model, data.val,
+                                                                     plan.eval.parity_samples, engine.precision)}
     metric = score(run)
     classifier = bool(data.num_classes) or plan.eval.metric in ("top1", "top5", "agreement")
     return {"metric": metric, "parity": parity.compare(np.concatenate(outputs), np.concatenate(refs), engine.precision, classifier)}
@@ -93,6 +97,14 @@ def gates(base: dict[str, Any], eng: dict[str, Any], plan: Plan) -> dict[str, An
         speedup = base["latency_ms"]["p50"] / max(eng["latency_ms"]["p50"], 1e-9)
         out["min_speedup"] = {"limit": plan.eval.min_speedup, "value": round(speedup, 3),
                               "passed": speedup >= plan.eval.min_speedup}
+    base_ppl, eng_ppl = base["metric"].get("perplexity"), eng["metric"].get("perplexity")
+    if plan.eval.max_ppl_increase is not None and base_ppl and eng_ppl:
+        rise = eng_ppl / base_ppl - 1
+        out["max_ppl_increase"] = {"limit": plan.eval.max_ppl_increase, "value": round(rise, 5),
+                                   "passed": rise <= plan.eval.max_ppl_increase + 1e-9}
+    if plan.eval.max_kld is not None and "kld" in eng["metric"]:
+        out["max_kld"] = {"limit": plan.eval.max_kld, "value": round(eng["metric"]["kld"], 6),
+                          "passed": eng["metric"]["kld"] <= plan.eval.max_kld}
     par = eng["parity"]
     out["parity"] = {"limit": f"{par['statistic']} <= {par['tolerance']:.3g}", "value": par["value"],
                      "passed": par["passed"]}
@@ -157,6 +169,7 @@ class Pipeline:
     data: DataSplits | None = None
     score: Callable[[Callable[[torch.Tensor], np.ndarray]], dict[str, float]] | None = None  # metrics of a predict fn
     ctx: Context | None = None
+    prompts: list[list[int]] = dataclasses.field(default_factory=list)  # language models: fixed prompts' token ids
 
     def step(self, description: str, where: str) -> None:
         self.progress.update(self.task, description=description)
@@ -231,7 +244,7 @@ def baseline(pipe: Pipeline) -> nn.Module:
         report["metric_unavailable"] = "the data has no labels: only fidelity metrics are measured"
     pipe.step("baseline", "data.batch_size")
     metric_names = [plan.eval.metric] + list(plan.eval.extra_metrics)
-    reference = measure.collect(measure.predict_torch(model, device), data.val)[0]
+    reference = measure.reference(measure.predict_torch(model, device), data.val)
 
     def score(predict) -> dict[str, float]:
         return measure.evaluate(predict, data.val, metric_names, reference, data.labelled)
@@ -241,14 +254,27 @@ def baseline(pipe: Pipeline) -> nn.Module:
 
     pipe.score = score
     report["baseline"] = snapshot(model, data, plan, device, score)
-    report["baseline"]["size_bytes"] = len(safetensors_bytes(
-        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+    report["baseline"]["size_bytes"] = len(safetensors_bytes(_unique_tensors(model)))
+    if is_causal_lm(model):  # what a user of the model sees: its greedy answers and its speed
+        pipe.prompts = generation.prompts(model.tokenizer_dir)
+        report["baseline"]["greedy_tokens"] = generation.greedy(model, pipe.prompts)
+        report["baseline"]["generation"] = generation.torch_speed(model)
     log.info("baseline: %s", _brief(report["baseline"], plan))
     pipe.progress.advance(pipe.task)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     pipe.ctx = Context(data=data, device=device, teacher=teacher, log=log, progress=pipe.progress, seed=plan.seed,
                        evaluate=evaluate, score=_scorer(plan, evaluate))
     return model
+
+
+def _unique_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state a safetensors file holds, each shared tensor once (tied embeddings and lm_head)."""
+    seen, out = set(), {}
+    for k, v in model.state_dict().items():
+        if v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            out[k] = v.detach().cpu().contiguous()
+    return out
 
 
 def resume(pipe: Pipeline, model: nn.Module) -> tuple[nn.Module, int]:
@@ -271,14 +297,18 @@ def run_stage(pipe: Pipeline, i: int, step, model: nn.Module) -> nn.Module:
     ctx.train_dir = stage_dir(pipe.read_dir, i, step.slot) / "train"
     t = time.perf_counter()
     try:
-        model = step.build().apply(model, ctx)
+        with measure.PeakMemory() as memory:
+            model = step.build().apply(model, ctx)
     except UserError as e:  # name the stage's keys in full
         for p in e.problems:
             p.key = f"stages.{step.slot}.{p.key}" if p.key else f"stages.{step.slot}"
         raise
     seconds = time.perf_counter() - t
-    entry = {"name": step.slot, "kind": step.kind, "seconds": round(seconds, 3),
+    entry = {"name": step.slot, "kind": step.kind, "seconds": round(seconds, 3), "peak_memory_bytes": memory.bytes,
              **snapshot(model, pipe.data, plan, pipe.device, pipe.score), "notes": ctx.notes}
+    if pipe.prompts:
+        entry["greedy_identity"] = generation.identity(pipe.report["baseline"]["greedy_tokens"],
+                                                       generation.greedy(model, pipe.prompts))
     ckpt = stage_dir(pipe.out_dir, i, step.slot) / "model.safetensors"
     entry["checkpoint"] = str(ckpt.relative_to(pipe.out_dir))
     pipe.report["stages"].append(entry)
@@ -316,9 +346,17 @@ def build_engine(pipe: Pipeline, t, model: nn.Module) -> dict[str, Any]:
         **engine_checks(engine, model, pipe.data, plan, pipe.score),
         "latency_ms": measure.latency(lambda: engine(example), plan.eval.warmup, plan.eval.iters),
         "batch_size": 1,
-        "throughput": throughput(engine, pipe.data, plan),
         "notes": ctx.notes,
     }
+    if hasattr(engine, "generate"):  # a language model: tokens/s of its own decoding loop, and its answers
+        entry["generation"] = engine.speed(128, 128)
+        tokens = [list(engine.generate(ids, generation.NEW_TOKENS)) for ids in pipe.prompts]
+        entry["greedy_identity"] = generation.identity(pipe.report["baseline"]["greedy_tokens"], tokens)
+        model_ppl = (pipe.report["stages"][-1] if pipe.report["stages"] else pipe.report["baseline"])["metric"]
+        if "perplexity" in model_ppl and "perplexity" in entry["metric"]:
+            entry["ppl_vs_model"] = round(entry["metric"]["perplexity"] / model_ppl["perplexity"] - 1, 6)
+    else:
+        entry["throughput"] = throughput(engine, pipe.data, plan)
     pipe.progress.advance(pipe.task)
     return entry
 

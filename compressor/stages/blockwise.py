@@ -118,11 +118,11 @@ class Hessian:
         self.abs_sum = self.abs_max = self.sq_sum = None
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.double()
+        x = x.float()  # float32 sums, as the reference GPTQ: float64 would triple the calibration time on CPU
         if self.xtx is None:
             k = x.shape[1]
-            self.xtx = torch.zeros(k, k, dtype=torch.float64)
-            self.abs_sum, self.abs_max, self.sq_sum = (torch.zeros(k, dtype=torch.float64) for _ in range(3))
+            self.xtx = torch.zeros(k, k)
+            self.abs_sum, self.abs_max, self.sq_sum = (torch.zeros(k) for _ in range(3))
         self.xtx += x.T @ x
         self.abs_sum += x.abs().sum(0)
         self.abs_max = torch.maximum(self.abs_max, x.abs().amax(0))
@@ -131,11 +131,11 @@ class Hessian:
 
     @property
     def matrix(self) -> torch.Tensor:
-        return (self.xtx / max(self.n, 1)).float()
+        return self.xtx / max(self.n, 1)
 
     @property
     def abs_mean(self) -> torch.Tensor:
-        return (self.abs_sum / max(self.n, 1)).float()
+        return self.abs_sum / max(self.n, 1)
 
 
 def statistics(block: nn.Module, inputs: list[torch.Tensor], kwargs: list[dict], names: tuple[str, ...] = LINEARS

@@ -14,6 +14,7 @@ from torch import nn
 from compressor.errors import UserError
 from compressor.core.interfaces import Context
 from compressor.core.params import one_of
+from compressor.models.causal_lm import is_causal_lm
 from compressor.modules.quant import needs_reduce_range
 from compressor.targets.onnx.export import OPSET, export_onnx
 from compressor.core.untrusted import check_onnx_external_data
@@ -81,10 +82,21 @@ class OnnxRuntimeTarget:
     """ONNX Runtime engine (model.onnx): FP32, or INT8 Q/DQ run with integer kernels."""
 
     params: OnnxRuntimeParams
-    precisions = ("fp32", "int8", "int8_dynamic", "int8_weight_only", "int4_weight_only", "fp16")  # ONNX has no bf16 Conv: bf16 is for torch_export
+    precisions = ("fp32", "int8", "int8_dynamic", "int8_weight_only", "int4_weight_only", "int8_w8a8",
+                  "fp16")  # ONNX has no bf16 Conv: bf16 is for torch_export
     suffixes = (".onnx",)
 
     def build(self, model: nn.Module, ctx: Context, out_dir: Path) -> OrtEngine:
+        if is_causal_lm(model):  # a graph with a KV cache, written from the weights (targets/onnx/llm.py)
+            from compressor.targets.onnx.llm import LlmSession, export_llm
+
+            export_llm(model, Path(out_dir))
+            engine = LlmSession(out_dir, self.params.threads)
+            ctx.notes["kernels"] = engine.kernels()
+            return engine
+        if self.params.precision == "int8_w8a8":
+            raise UserError("int8_w8a8 engines are built for causal language models (model.task: causal_lm)",
+                            key="target.precision")
         # x86 CPUs without VNNI: 8-bit weights of GEMM-based layers as uint8, which ORT's kernels do not saturate
         uint8 = self.params.provider == "cpu" and needs_reduce_range()
         path = export_onnx(model, ctx.example_input, out_dir / "model.onnx", opset=self.params.opset,
@@ -98,6 +110,10 @@ class OnnxRuntimeTarget:
     @staticmethod
     def load(path: Path, provider: str = "cpu") -> OrtEngine:
         check_onnx_external_data(path)  # a file from anywhere: its external data must not reach outside its folder
+        if (Path(path).parent / "llm.json").is_file():  # a language model with its KV cache and tokenizer
+            from compressor.targets.onnx.llm import LlmSession
+
+            return LlmSession(Path(path).parent)
         nodes = onnx.load(str(path), load_external_data=False).graph.node
         ops = {n.op_type for n in nodes}
         bits = next((a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"), None)

@@ -34,6 +34,7 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.core.interfaces import Context
+from compressor.models.causal_lm import is_causal_lm
 from compressor.core.params import one_of
 from compressor.modules.quant import needs_reduce_range
 from compressor.targets.onnx.export import export_onnx
@@ -133,7 +134,8 @@ class OpenVinoTarget:
     """OpenVINO IR (model.xml + model.bin): FP32, INT8 from Q/DQ (integer kernels), FP16 weights."""
 
     params: OpenVinoParams
-    precisions = ("fp32", "int8", "fp16")  # no dynamic or weight-only INT8/INT4: those exports are ORT-only ops
+    # weight-only INT8/INT4 and W8A8 for causal LMs only (compressed-weight MatMuls, targets/llm_openvino.py)
+    precisions = ("fp32", "int8", "fp16", "int8_weight_only", "int4_weight_only", "int8_w8a8")
     suffixes = (".xml",)
 
     @staticmethod
@@ -149,8 +151,17 @@ class OpenVinoTarget:
         return []
 
     def build(self, model: nn.Module, ctx: Context, out_dir: Path) -> OvEngine:
-        ov = import_openvino()
         p = self.params
+        if is_causal_lm(model):
+            from compressor.targets.llm_openvino import OvLlmSession, compressed_weights, export_llm_openvino
+
+            xml = export_llm_openvino(model, Path(out_dir))
+            ctx.notes["constant_bytes_by_type"] = compressed_weights(xml)
+            return OvLlmSession(Path(out_dir), p.threads, p.device)
+        if p.precision not in ("fp32", "int8", "fp16"):
+            raise UserError(f"OpenVINO engines of precision {p.precision} are built for causal language models "
+                            "(model.task: causal_lm); for this model use target onnxruntime", key="target.precision")
+        ov = import_openvino()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".openvino-", dir=out_dir))  # same filesystem: atomic renames
@@ -182,6 +193,10 @@ class OpenVinoTarget:
     def load(path: Path, device: str = "CPU", threads: int = 0) -> OvEngine:
         if not _available():
             raise UserError(MISSING, key="engine")
+        if (Path(path).parent / "llm.json").is_file():  # a language model with its KV cache and tokenizer
+            from compressor.targets.llm_openvino import OvLlmSession
+
+            return OvLlmSession(Path(path).parent, threads, device)
         ov = import_openvino()
         model = ov.Core().read_model(str(path))
         if model.has_rt_info(_RT_KEY):

@@ -76,17 +76,9 @@ def _awq_scales(block: nn.Module, inputs, kwargs, names: tuple[str, ...], p) -> 
 
 
 def _autoround(lm, chosen: set[str], ids: torch.Tensor, p, ctx: Context) -> dict[str, int]:
-    from compressor.stages.quantize.autoround import autoround_layers
+    from compressor.stages.quantize.autoround import autoround_layers, to_weight_only
 
     results = autoround_layers(lm, ids, bits=p.bits, group_size=p.group_size or None, symmetric=p.symmetric,
                                iters=p.iters, seed=ctx.seed, layers=sorted(chosen))
-    groups = {}
-    for name, r in results.items():
-        ints = r["integers"] if "integers" in r else None
-        if ints is None:
-            w = lm.get_submodule(name).weight.float()
-            ints = (w.reshape(w.shape[0], -1, r["group_size"]) / r["scale"].unsqueeze(-1)
-                    + r["zero_point"].unsqueeze(-1)).round().clamp(0, 2 ** p.bits - 1)
-        to_weight_only(lm, name, ints, r["scale"].float(), r["zero_point"].float(), p.bits, p.symmetric)
-        groups[name] = r["group_size"]
-    return groups
+    to_weight_only(lm, results)
+    return {name: r["group_size"] for name, r in results.items()}

@@ -1,0 +1,55 @@
+"""The packaged tiny Llama through the whole pipeline: recipe -> GPTQ INT4 -> ONNX Runtime and
+OpenVINO engines with a KV cache -> perplexity, parity, generation speed, gates -> report; then
+`compressor generate` on the engine it built."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+import compressor
+from compressor.cli import main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("llm")
+    report, engine = compressor.compress("tiny_llama_int4", output_dir=out)
+    return out, report, engine
+
+
+@pytest.mark.slow
+def test_the_recipe_reports_perplexity_parity_and_speed_per_engine(run):
+    out, report, _ = run
+    assert report["status"] == "ok", report["gates"]
+    base, stage = report["baseline"], report["stages"][0]
+    assert set(base["metric"]) == {"perplexity", "kld", "token_agreement"}
+    assert stage["metric"]["perplexity"] / base["metric"]["perplexity"] - 1 < 0.05
+    assert stage["notes"]["method"] == "gptq" and stage["peak_memory_bytes"] >= 0
+    assert 0 <= stage["greedy_identity"] <= 1 and base["generation"]["decode_tokens_per_s"] > 0
+    engines = {e["target"]: e for e in report["engines"]}
+    assert set(engines) == {"onnxruntime", "openvino"}
+    for e in engines.values():
+        assert e["precision"].startswith("int4") and e["parity"]["passed"], e["parity"]
+        assert abs(e["ppl_vs_model"]) < 0.01  # the engine computes the model the report measured
+        assert e["parity"]["token_agreement"] > 0.95 and e["generation"]["decode_tokens_per_s"] > 0
+        assert e["greedy_identity"] >= stage["greedy_identity"] - 0.35
+    kernels = engines["onnxruntime"]["notes"]["kernels"]
+    assert kernels.get("MatMulNBits") and kernels.get("GroupQueryAttention") == 2
+    assert report["gates"]["max_ppl_increase"]["passed"]
+    written = json.loads((out / "report.json").read_text())
+    assert written["engines"][0]["generation"] == engines["onnxruntime"]["generation"]
+
+
+@pytest.mark.slow
+def test_generate_streams_text_from_the_built_engine(run, capsys):
+    out, _, engine = run
+    code = main(["generate", str(out), "--prompt", "What is a list?", "--max-new-tokens", "12"])
+    assert code == 0
+    assert len(capsys.readouterr().out.strip()) > 0
+
+
+def test_generate_refuses_what_is_not_a_language_model_engine(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "compressor", "generate", str(tmp_path), "--prompt", "hi"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no engine file" in proc.stderr and "Traceback" not in proc.stderr
