@@ -53,3 +53,36 @@ def test_generate_refuses_what_is_not_a_language_model_engine(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "compressor", "generate", str(tmp_path), "--prompt", "hi"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no engine file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_w8a8_engine_computes_what_the_w8a8_model_computes(tmp_path):
+    """MatMulNBits at accuracy level 4 quantizes activations per block as quantize_w8a8's model does:
+    the engine sits several times closer to that model than the model sits to FP32 (the rest: ties that
+    round the other way, x * (1 / s) in the kernel, x / s in PyTorch)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from compressor.data.text import TextParams, build_text
+    from compressor.models import build_model
+    from compressor.stages.quantize.w8a8 import QuantizeW8A8, QuantizeW8A8Params
+    from compressor.targets.onnx.llm import LlmSession, export_llm
+    from compressor.testing import context
+
+    data = build_text(TextParams(path="packaged:texts/python_docs_paragraphs.txt", tokenizer="packaged:tiny_llama",
+                                 mode="lm", max_length=128, val_tokens=1024, batch_size=8, calibration_size=8))
+    model = build_model({"kind": "huggingface", "task": "causal_lm", "path": "packaged:tiny_llama"})
+    stage = QuantizeW8A8()
+    stage.params = QuantizeW8A8Params()
+    quantized = stage.apply(copy.deepcopy(model), context(data, model))
+    export_llm(quantized, tmp_path)
+    engine = LlmSession(tmp_path, threads=1)
+    x = data.val.dataset.tensors[0][:2]
+    with torch.no_grad():
+        ref, fp32 = quantized(x).numpy(), model(x).numpy()
+    out = engine(x.numpy())
+    assert engine.precision == "int8_w8a8"
+    to_model = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    to_fp32 = np.linalg.norm(ref - fp32) / np.linalg.norm(fp32)
+    assert to_model < 5e-3 and to_model < to_fp32 / 5, (to_model, to_fp32)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,9 @@ from compressor.models.causal_lm import is_causal_lm
 from compressor.core.params import one_of
 from compressor.modules.quant import needs_reduce_range
 from compressor.targets.onnx.export import export_onnx
+from compressor.targets.openvino_import import MISSING, _available, import_openvino  # noqa: F401 (re-exported)
 
 DEVICES = ("CPU", "GPU", "NPU")
-MISSING = "OpenVINO is not installed: pip install openvino (or compressor[openvino])"
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
 INTEGER_PRECISIONS = ("u8", "i8")
 _NOT_LAYERS = ("Const", "Input", "Output")  # runtime graph nodes that compute nothing
@@ -58,31 +57,6 @@ class OpenVinoParams:
         yield from one_of(self.device, DEVICES, "device")
         if self.threads < 0:
             yield "threads", f"must be >= 0, got {self.threads}"
-
-
-def import_openvino():
-    """`import openvino` without its import-time telemetry (see the module docstring). Raises
-    ImportError where OpenVINO is not installed. A process that imported openvino before keeps it
-    as it is."""
-    if sys.modules.get("openvino") is not None:
-        return sys.modules["openvino"]
-    hide = "openvino_telemetry" not in sys.modules
-    if hide:
-        sys.modules["openvino_telemetry"] = None  # `import openvino_telemetry` raises ImportError
-    try:
-        import openvino
-    finally:
-        if hide:
-            sys.modules.pop("openvino_telemetry", None)
-    return openvino
-
-
-def _available() -> bool:
-    try:
-        import_openvino()
-    except ImportError:
-        return False
-    return True
 
 
 class OvEngine:

@@ -10,7 +10,7 @@ from compressor.core.interfaces import Context
 from compressor.stages import blockwise as bw
 from compressor.stages.quantize import awq
 from compressor.stages.quantize.gptq import gptq
-from compressor.stages.quantize.weight_only import fitted_group, rtn_integers, to_weight_only
+from compressor.stages.quantize.groups import fitted_group, rtn_integers, to_weight_only
 
 SAMPLE_TOKENS = 4096  # calibration tokens kept per Linear for AWQ's searches
 

@@ -21,7 +21,7 @@ from compressor.core.interfaces import Context
 from compressor.modules.quant import WeightOnly
 from compressor.stages import blockwise as bw
 from compressor.stages.quantize.awq import fold_scale
-from compressor.stages.quantize.weight_only import export_block, fitted_group
+from compressor.stages.quantize.groups import export_block, fitted_group
 
 
 @dataclass

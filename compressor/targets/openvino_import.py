@@ -1,0 +1,32 @@
+"""`import openvino` without its import-time telemetry, shared by the OpenVINO targets (openvino.py,
+llm_openvino.py) and the benches."""
+from __future__ import annotations
+
+import sys
+
+MISSING = "OpenVINO is not installed: pip install openvino (or compressor[openvino])"
+
+
+def import_openvino():
+    """`import openvino` without its import-time telemetry (see the module docstring). Raises
+    ImportError where OpenVINO is not installed. A process that imported openvino before keeps it
+    as it is."""
+    if sys.modules.get("openvino") is not None:
+        return sys.modules["openvino"]
+    hide = "openvino_telemetry" not in sys.modules
+    if hide:
+        sys.modules["openvino_telemetry"] = None  # `import openvino_telemetry` raises ImportError
+    try:
+        import openvino
+    finally:
+        if hide:
+            sys.modules.pop("openvino_telemetry", None)
+    return openvino
+
+
+def _available() -> bool:
+    try:
+        import_openvino()
+    except ImportError:
+        return False
+    return True
