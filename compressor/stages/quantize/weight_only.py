@@ -27,7 +27,7 @@ from compressor.core.params import one_of
 from compressor.errors import UserError
 from compressor.models.causal_lm import is_causal_lm
 from compressor.modules.quant import WeightOnly
-from compressor.stages.quantize.groups import GROUP_SIZES, fitted_group
+from compressor.stages.quantize.groups import GROUP_SIZES, export_block, fitted_group
 from compressor.stages.select import without
 
 METHODS = ("rtn", "gptq", "awq", "awq_gptq", "autoround")
@@ -46,6 +46,9 @@ class QuantizeWeightOnlyParams:
     act_order: bool = True  # gptq: columns by decreasing activation energy (better at 4 bits)
     iters: int = 200  # autoround: optimisation steps per block
     calibration_windows: Optional[int] = None  # how many calibration windows to use; default all
+    # float, or int8: activations rounded per token and block of input features, what MatMulNBits at
+    # accuracy level 4 computes (its integer path: ~3x faster INT4 decoding on AVX2 than float activations)
+    activations: str = "float"
 
     def check(self):
         if self.bits not in (4, 8):
@@ -55,6 +58,7 @@ class QuantizeWeightOnlyParams:
         if self.group_size not in GROUP_SIZES:
             yield "group_size", f"must be one of {', '.join(map(str, GROUP_SIZES))}, got {self.group_size}"
         yield from one_of(self.method, METHODS, "method")
+        yield from one_of(self.activations, ("float", "int8"), "activations")
         if not 0 <= self.damp < 1:
             yield "damp", f"must be in [0, 1), got {self.damp}"
         if self.iters < 0:
@@ -94,12 +98,16 @@ class QuantizeWeightOnly:
             from compressor.stages.quantize import calibrated
 
             groups = calibrated.quantize(model, set(chosen), p, ctx)
+        if p.activations == "int8":
+            for name in groups:
+                m = model.get_submodule(name)
+                m.act_block = export_block(m.inner.in_features, m.group_size)
         if head and p.head_bits:
             groups.update({n: _quantize(model, n, p.head_bits, p.group_size, p.symmetric) for n in head})
         ctx.notes.update(method=p.method, quantized_layers=len(groups),
                          float_layers=[n for n in names if n not in groups], bits=p.bits, symmetric=p.symmetric,
                          group_size=p.group_size, groups_by_width=_by_width(model, groups),
-                         head_bits=p.head_bits if head else None)
+                         head_bits=p.head_bits if head else None, activations=p.activations)
         return model.eval()
 
 

@@ -189,7 +189,7 @@ class _GraphBuilder:
     def precision(self) -> str:
         if not self.bits:
             return "fp32"
-        if self.w8a8:
+        if self.w8a8 and self.bits == {8}:
             return "int8_w8a8"
         return "_".join(f"int{b}" for b in sorted(self.bits)) + "_weight_only"
 
