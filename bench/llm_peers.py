@@ -712,10 +712,14 @@ def peer_ort(b: Bench, algo: str) -> dict:
             # make_matmul_weight_only_node) on every K=576 MatMul, where a row has an odd number of blocks
             # (9 of 64, or 5 of 128): its two-per-byte zero points do not reshape to (N, -1):
             # "cannot reshape array of size 4320 into shape (960,newaxis)"
-            q = mnq.MatMulNBitsQuantizer(str(src), bits=4, block_size=GROUP, is_symmetric=True, algo_config=cfg)
+            # the graph in memory, external data loaded: given the path, its RTN/GPTQ code leaves initializers
+            # pointing at the source's model.onnx.data (RTN) or resolves it against the working directory (GPTQ)
+            q = mnq.MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=GROUP, is_symmetric=True,
+                                         algo_config=cfg)
             q.process()
         folder.mkdir(parents=True, exist_ok=True)
-        q.model.save_model_to_file(str(folder / "model.onnx"), use_external_data_format=True)
+        onnx.save(q.model.model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx.data")
         for f in fp32.iterdir():  # the genai config and tokenizer, so onnxruntime-genai can run it
             if not f.name.startswith("model.onnx") and f.name != "bench_meta.json" and f.is_file():
                 shutil.copyfile(f, folder / f.name)
