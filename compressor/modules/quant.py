@@ -323,7 +323,8 @@ class WeightOnly(nn.Module):
     def assign(self, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         """Take integers (out, groups, group_size) and their grid from an algorithm (GPTQ, AWQ,
         auto-round): the inner weight becomes exactly their dequantized values."""
-        self.scale.copy_(scale.clamp_min(1e-12))
+        # magnitude kept off zero, sign kept: auto-round's symmetric grids have negative scales
+        self.scale.copy_(torch.where(scale < 0, scale.clamp(max=-1e-12), scale.clamp(min=1e-12)))
         self.zero_point.copy_(zero_point.to(torch.uint8))
         self.inner.weight.copy_(self._dequantize(q).to(self.inner.weight.dtype))
 
