@@ -112,18 +112,25 @@ def expected(float_lm, quant_lm):
             for which, lm in (("float", float_lm), ("quant", quant_lm))}
 
 
+def build(lm, folder, openvino=False):
+    """An engine of `lm` in `folder`: ONNX Runtime's, or OpenVINO's."""
+    if openvino:
+        from compressor.targets.llm_openvino import OvLlmSession, export_llm_openvino
+
+        export_llm_openvino(lm, folder)
+        return OvLlmSession(folder, threads=1)
+    export_llm(lm, folder)
+    return LlmSession(folder, threads=1)
+
+
 @pytest.fixture(scope="module")
 def ort_float(float_lm, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ort_float")
-    export_llm(float_lm, out)
-    return LlmSession(out, threads=1)
+    return build(float_lm, tmp_path_factory.mktemp("ort_float"))
 
 
 @pytest.fixture(scope="module")
 def ort_quant(quant_lm, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ort_quant")
-    export_llm(quant_lm, out)
-    return LlmSession(out, threads=1)
+    return build(quant_lm, tmp_path_factory.mktemp("ort_quant"))
 
 
 # --- ONNX Runtime --------------------------------------------------------------------------------
@@ -228,20 +235,12 @@ def test_metadata_tokenizer_sampling_and_speed(float_lm, tmp_path):
 
 @pytest.fixture(scope="module")
 def ov_float(float_lm, tmp_path_factory):
-    from compressor.targets.llm_openvino import OvLlmSession, export_llm_openvino
-
-    out = tmp_path_factory.mktemp("ov_float")
-    export_llm_openvino(float_lm, out)
-    return OvLlmSession(out, threads=1)
+    return build(float_lm, tmp_path_factory.mktemp("ov_float"), openvino=True)
 
 
 @pytest.fixture(scope="module")
 def ov_quant(quant_lm, tmp_path_factory):
-    from compressor.targets.llm_openvino import OvLlmSession, export_llm_openvino
-
-    out = tmp_path_factory.mktemp("ov_quant")
-    export_llm_openvino(quant_lm, out)
-    return OvLlmSession(out, threads=1)
+    return build(quant_lm, tmp_path_factory.mktemp("ov_quant"), openvino=True)
 
 
 @needs_openvino

@@ -69,3 +69,19 @@ def missing(value: Optional[str]) -> Optional[str]:
     how = f"pip install 'compressor[{extra}]'" if extra else f"pip install {name.replace('_', '-')}"
     return f"{value}: the pip package '{name}' is not installed: {how}"
 
+
+def start_folder(folder: Path) -> None:
+    """A shipped model's folder emptied before it is written again: only what the script writes is left."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.iterdir():
+        old.unlink()
+
+
+def finish_folder(folder: Path) -> str:
+    """Files made readable by all (save_pretrained may write owner-only files; package data is read by
+    everyone); returns a one-line summary of what the folder holds."""
+    for p in folder.iterdir():
+        p.chmod(0o644)
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    return f"wrote {folder} ({size} bytes: {', '.join(sorted(p.name for p in folder.iterdir()))})"
+

@@ -50,6 +50,11 @@ def log_softmax(logits: np.ndarray) -> torch.Tensor:
     return torch.log_softmax(torch.as_tensor(np.asarray(logits, dtype=np.float32)), dim=-1)
 
 
+def kl_sum(ref_logp: torch.Tensor, logp: torch.Tensor) -> float:
+    """Sum over positions of KL(p_ref || p), from log-probabilities (..., vocab)."""
+    return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).double().sum())
+
+
 def reference(predict: Callable, batches: Iterable) -> Reference:
     logps, tops = [], []
     for x, _ in batches:
@@ -69,7 +74,7 @@ def accumulate(predict: Callable, batches: Iterable, ref: Reference | None) -> T
         s.tokens += y.numel()
         if ref is not None:
             r = torch.tensor(ref.logp[row: row + len(y)], dtype=torch.float32)
-            s.kl += float((r.exp() * (r - logp)).sum(-1).double().sum())
+            s.kl += kl_sum(r, logp)
             s.agree += int((logp.argmax(-1) == torch.from_numpy(ref.argmax[row: row + len(y)])).sum())
             row += len(y)
     return s

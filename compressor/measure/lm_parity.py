@@ -26,7 +26,7 @@ def compare(engine: Callable[[np.ndarray], np.ndarray], torch_model: Callable[[t
         diff2 += float(((out.astype(np.float64) - ref) ** 2).sum())
         ref2 += float((ref.astype(np.float64) ** 2).sum())
         p, q = lm.log_softmax(ref), lm.log_softmax(out)
-        kl += float((p.exp() * (p - q)).sum(-1).double().sum())
+        kl += lm.kl_sum(p, q)
         agree += int((p.argmax(-1) == q.argmax(-1)).sum())
         tokens += p.shape[0] * p.shape[1]
         seen += len(x)

@@ -18,6 +18,8 @@ import json
 import random
 from pathlib import Path
 
+from compressor.core.packaged import finish_folder, start_folder
+
 FOLDER = Path(__file__).with_name("tiny_bert")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 POSITIVE = ["good", "great", "fine", "nice", "wonderful", "excellent", "fun", "lovely"]
@@ -68,9 +70,7 @@ def make(folder: Path = FOLDER, epochs: int = 5, seed: int = 0) -> dict:
     from compressor.models.huggingface import HFClassifier
     from compressor.training.loop import accuracy, fit
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.iterdir():  # only what this script writes is left in the shipped folder
-        old.unlink()
+    start_folder(folder)
     vocab = vocabulary()
     BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
     csv = write_csv(folder / "sentiment.csv", sentiment_rows(seed=seed))
@@ -89,8 +89,7 @@ def make(folder: Path = FOLDER, epochs: int = 5, seed: int = 0) -> dict:
     info = {"val_accuracy": round(acc, 4), "epochs": epochs, "rows": ROWS, "max_length": MAX_LENGTH,
             "val_fraction": 0.2, "seed": seed, "command": "python -m compressor.models.tiny_bert"}
     (folder / "training.json").write_text(json.dumps(info, indent=1) + "\n")
-    for p in folder.iterdir():  # save_pretrained may write owner-only files; package data is read by all
-        p.chmod(0o644)
+    info["files"] = finish_folder(folder)
     return info
 
 
@@ -100,6 +99,4 @@ if __name__ == "__main__":
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     info = make()
-    size = sum(p.stat().st_size for p in FOLDER.iterdir())
-    print(f"validation accuracy {info['val_accuracy']:.4f}; wrote {FOLDER} ({size} bytes: "
-          f"{', '.join(sorted(p.name for p in FOLDER.iterdir()))})")
+    print(f"validation accuracy {info['val_accuracy']:.4f}; {info['files']}")

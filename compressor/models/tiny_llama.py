@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from compressor.core.packaged import finish_folder, start_folder
+
 FOLDER = Path(__file__).with_name("tiny_llama")
 TEXT = Path(__file__).with_name("texts") / "python_docs_paragraphs.txt"
 VOCAB = 512
@@ -51,9 +53,7 @@ def make(folder: Path = FOLDER, steps: int = 600, seed: int = 0) -> dict:
     from compressor.measure import lm
     from compressor.models.causal_lm import CausalLM
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.iterdir():
-        old.unlink()
+    start_folder(folder)
     tok = tokenizer(folder)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
@@ -83,8 +83,7 @@ def make(folder: Path = FOLDER, steps: int = 600, seed: int = 0) -> dict:
     info = {"val_perplexity": round(lm.perplexity(stats), 3), "val_tokens": stats.tokens, "steps": steps,
             "window": WINDOW, "seed": seed, "command": "python -m compressor.models.tiny_llama"}
     (folder / "training.json").write_text(json.dumps(info, indent=1) + "\n")
-    for p in folder.iterdir():
-        p.chmod(0o644)
+    info["files"] = finish_folder(folder)
     return info
 
 
@@ -94,6 +93,4 @@ if __name__ == "__main__":
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     info = make()
-    size = sum(p.stat().st_size for p in FOLDER.iterdir())
-    print(f"evaluation perplexity {info['val_perplexity']}; wrote {FOLDER} ({size} bytes: "
-          f"{', '.join(sorted(p.name for p in FOLDER.iterdir()))})")
+    print(f"evaluation perplexity {info['val_perplexity']}; {info['files']}")
