@@ -22,7 +22,7 @@ from rich.table import Table
 
 from compressor.core import distributed, untrusted
 from compressor.errors import Problem, UserError
-from compressor.search.sweep import SWEEP_DIRS
+from compressor.search.sweep import SWEEP_DIRS, engine_values
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_GATE = 0, 1, 2, 3
 HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -159,9 +159,7 @@ class HydraTask:
             self.statuses.append("ok")
             return None
         self.statuses.append(report["status"])
-        engine = report.get("engine") or {}
-        values = {"metric": (engine.get("metric") or {}).get(cfg.eval.metric),
-                  "latency_ms": (engine.get("latency_ms") or {}).get("p50"), "size_bytes": engine.get("size_bytes")}
+        values = engine_values(report, cfg.eval.metric)
         wanted = [values[k] for k in cfg.search.objectives]  # a sweeper (optuna) optimises these
         if not wanted:
             return values

@@ -123,6 +123,11 @@ METRICS = Registry("metric", "compressor.metrics")
 ALL = {"stages": STAGES, "targets": TARGETS, "models": MODELS, "datasets": DATASETS, "metrics": METRICS}
 
 
+def lower_is_better(metric_name: str | None) -> bool:
+    """Whether a smaller value of the metric is the better one (perplexity, KLD, output MSE)."""
+    return metric_name in METRICS.names() and bool(getattr(METRICS.get(metric_name).obj, "lower_is_better", False))
+
+
 def _decorator(registry: Registry):
     def register(name: str, params: type | None = None):
         def wrap(obj):

@@ -42,6 +42,27 @@ def test_the_recipe_reports_perplexity_parity_and_speed_per_engine(run):
 
 
 @pytest.mark.slow
+def test_a_sweep_ranks_language_model_jobs_by_perplexity_and_decode_speed(run, tmp_path):
+    """What a sweep's summary reads of an LM job: the engine's perplexity (lower is better) and its
+    decode tokens/s (latency_ms is then ms per generated token)."""
+    from compressor.search.sweep import engine_values, pareto, write_summary
+
+    out, report, _ = run
+    speed = report["engine"]["generation"]["decode_tokens_per_s"]
+    values = engine_values(report, "perplexity")
+    assert values["metric"] == report["engine"]["metric"]["perplexity"] and values["tokens_per_s"] == speed
+    assert values["latency_ms"] == pytest.approx(1000 / speed)
+    rows = [{"job": "a", "metric": 20.0, "ms": 1.0}, {"job": "b", "metric": 21.0, "ms": 0.5},
+            {"job": "c", "metric": 22.0, "ms": 0.8}]
+    assert pareto(rows, "ms", lower_is_better=True) == {"a", "b"}  # c: worse perplexity and slower than b
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "report.json").write_text((out / "report.json").read_text())
+    [row] = write_summary(tmp_path)
+    assert row["pareto_latency"] and "decode tok/s" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_generate_streams_text_from_the_built_engine(run, capsys):
     out, _, engine = run
     code = main(["generate", str(out), "--prompt", "What is a list?", "--max-new-tokens", "12"])

@@ -4,6 +4,7 @@ agreement, weight-only RTN, GPTQ, AWQ, W8A8 with smoothing, SparseGPT / Wanda / 
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,6 +118,56 @@ def test_calibrated_sparsity_beats_magnitude(setup):
     out, _, _, notes = run(setup, PruneSparse, PruneSparseParams, method="wanda", pattern="2:4")
     w = out.model.model.layers[1].mlp.up_proj.weight
     assert int((w.reshape(w.shape[0], -1, 4) == 0).sum(-1).min()) >= 2  # every group of 4 keeps at most 2
+
+
+def test_block_dropping_then_distillation_from_the_float_model(setup, tmp_path):
+    """prune_layers deletes the decoder block whose removal alone costs the least perplexity (the
+    engine then has one KV-cache layer fewer and computes the same logits); distill on the LM text
+    from the unpruned model brings part of the loss back."""
+    from compressor.models.causal_lm import decoder_layers
+    from compressor.stages.prune.layers import PruneLayers, PruneLayersParams
+    from compressor.stages.train.distill import Distill, DistillParams
+    from compressor.targets.onnx.llm import LlmSession, export_llm
+    from compressor.testing import params, stage
+
+    data, model, ref, base = setup
+    pruned = copy.deepcopy(model)
+    ctx = context(data, model, evaluate="perplexity")
+    stage(PruneLayers, params(PruneLayersParams, count=1, importance="metric")).apply(pruned, ctx)
+    [removed] = ctx.notes["removed_blocks"]
+    assert ctx.notes["importance"][removed] == min(ctx.notes["importance"].values())
+    assert len(decoder_layers(pruned)) == pruned.config.num_hidden_layers == 1
+    predict = stats.predict_torch(pruned, torch.device("cpu"))
+    after = stats.evaluate(predict, data.val, METRICS, ref)
+    assert after["perplexity"] - base["perplexity"] == pytest.approx(ctx.notes["importance"][removed], rel=1e-3)
+    engine = LlmSession(export_llm(pruned, tmp_path / "ort").parent)
+    x = data.val.dataset.tensors[0][:2]
+    np.testing.assert_allclose(engine(x.numpy()), predict(x), rtol=1e-3, atol=1e-3)
+    assert engine.meta["num_layers"] == 1
+    stage(Distill, params(DistillParams, epochs=2, lr=3e-3)).apply(pruned, context(data, model))
+    distilled = stats.evaluate(stats.predict_torch(pruned, torch.device("cpu")), data.val, METRICS, ref)
+    assert distilled["kld"] < 0.8 * after["kld"], (after, distilled)
+
+
+def test_structured_pruning_removes_mlp_channels_and_whole_gqa_groups(setup, tmp_path):
+    """prune_structured on the LM: MLP channels and key/value heads with their query heads leave
+    every block; the engine reads the smaller config; activation-aware (wanda) importance loses
+    less than weight magnitude."""
+    from compressor.stages.prune.structured import PruneStructured, PruneStructuredParams
+    from compressor.targets.onnx.llm import LlmSession, export_llm
+
+    out, metrics, _, notes = run(setup, PruneStructured, PruneStructuredParams, ratio=0.5, importance="wanda")
+    cfg = out.config
+    assert (cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (96, 2, 1)
+    attn = out.model.model.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (2 * cfg.head_dim, 64) and attn.k_proj.weight.shape == (cfg.head_dim, 64)
+    assert out.model.model.layers[1].mlp.down_proj.weight.shape == (64, 96) and notes["params_ratio"] < 0.7
+    engine = LlmSession(export_llm(out, tmp_path / "ort").parent)
+    x = setup[0].val.dataset.tensors[0][:2]
+    np.testing.assert_allclose(engine(x.numpy()), stats.predict_torch(out, torch.device("cpu"))(x), rtol=1e-3, atol=1e-3)
+    _, wanda, _, _ = run(setup, PruneStructured, PruneStructuredParams, ratio=0.25, importance="wanda")
+    _, magnitude, _, _ = run(setup, PruneStructured, PruneStructuredParams, ratio=0.25, importance="magnitude")
+    assert wanda["kld"] < 0.8 * magnitude["kld"], (wanda, magnitude)
 
 
 def test_language_model_stages_refuse_other_models(setup):

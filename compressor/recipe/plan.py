@@ -244,8 +244,9 @@ def _search_checks(cfg: DictConfig) -> list[Problem]:
     if search.get("kind", "none") not in ("none", "budget"):
         found.append(Problem("search.kind", f"must be none or budget, got {search.get('kind')!r}"))
     for i, name in enumerate(search.get("objectives") or []):
-        if name not in ("metric", "latency_ms", "size_bytes"):
-            found.append(Problem(f"search.objectives[{i}]", f"must be metric, latency_ms or size_bytes, got {name!r}"))
+        if name not in ("metric", "latency_ms", "tokens_per_s", "size_bytes"):
+            found.append(Problem(f"search.objectives[{i}]",
+                                 f"must be metric, latency_ms, tokens_per_s or size_bytes, got {name!r}"))
     if search.get("max_trials", 1) < 1:
         found.append(Problem("search.max_trials", f"must be >= 1, got {search.get('max_trials')}"))
     logger = cfg.get("logger", "none")

@@ -33,7 +33,7 @@ from compressor.core.interfaces import Context, DataSplits, Handoff
 from compressor.models import build_model
 from compressor.models.causal_lm import is_causal_lm
 from compressor.recipe.plan import Plan, calibrating_slots, not_bit_exact
-from compressor.registry import METRICS
+from compressor.registry import lower_is_better
 from compressor.report.writer import write_outputs
 from compressor.core.state import load_state, rng_state, save_state, set_rng_state
 
@@ -90,7 +90,7 @@ def gates(base: dict[str, Any], eng: dict[str, Any], plan: Plan) -> dict[str, An
     name = plan.eval.metric
     if plan.eval.max_drop is not None and name in base["metric"] and name in eng["metric"]:
         drop = base["metric"][name] - eng["metric"][name]
-        if getattr(METRICS.get(name).obj, "lower_is_better", False):
+        if lower_is_better(name):
             drop = -drop
         out["max_drop"] = {"limit": plan.eval.max_drop, "value": round(drop, 6), "passed": drop <= plan.eval.max_drop + 1e-9}
     if plan.eval.min_speedup is not None:
@@ -400,7 +400,7 @@ def _file_ids(folder: Path) -> dict[Path, tuple[int, int]]:
 
 def _scorer(plan: Plan, evaluate):
     """The recipe's metric as one number where higher is better (early stopping), or None."""
-    sign = -1.0 if getattr(METRICS.get(plan.eval.metric).obj, "lower_is_better", False) else 1.0
+    sign = -1.0 if lower_is_better(plan.eval.metric) else 1.0
 
     def score(model: nn.Module) -> float | None:
         value = evaluate(model).get(plan.eval.metric)

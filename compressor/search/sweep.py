@@ -12,8 +12,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from compressor.core.atomic import atomic_path, write_text
+from compressor.registry import lower_is_better
 
-COLUMNS = ["job", "overrides", "status", "metric", "latency_ms", "size_bytes", "pareto_latency", "pareto_size"]
+COLUMNS = ["job", "overrides", "status", "metric", "latency_ms", "tokens_per_s", "size_bytes", "pareto_latency",
+           "pareto_size"]
 
 
 class SweepSummary(Callback):
@@ -27,6 +29,14 @@ class SweepSummary(Callback):
 SWEEP_DIRS: list[Path] = []
 
 
+def engine_values(report: dict[str, Any], metric_name: str | None) -> dict[str, Any]:
+    """What a sweep compares of one job's engine. A language model's engine is timed by its decode
+    speed (batch 1): latency_ms is then the milliseconds per generated token, 1000 / tokens_per_s."""
+    engine = report.get("engine") or {}
+    speed = (engine.get("generation") or {}).get("decode_tokens_per_s")
+    return {"metric": (engine.get("metric") or {}).get(metric_name),
+            "latency_ms": 1000 / speed if speed else (engine.get("latency_ms") or {}).get("p50"),
+            "tokens_per_s": speed, "size_bytes": engine.get("size_bytes")}
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -38,22 +48,15 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         report_file = job / "report.json"
         report = json.loads(report_file.read_text()) if report_file.is_file() else {"status": "error"}
         overrides = job / ".hydra" / "overrides.yaml"
-        engine = report.get("engine") or {}
         metric_name = next(iter((report.get("baseline") or {}).get("metric") or {}), None)
-        rows.append({
-            "job": job.name,
-            "overrides": " ".join(_overrides(overrides)) if overrides.is_file() else "",
-            "status": report.get("status"),
-            "metric_name": metric_name,
-            "metric": (engine.get("metric") or {}).get(metric_name),
-            "latency_ms": (engine.get("latency_ms") or {}).get("p50"),
-            "size_bytes": engine.get("size_bytes"),
-        })
+        rows.append({"job": job.name, "overrides": " ".join(_overrides(overrides)) if overrides.is_file() else "",
+                     "status": report.get("status"), "metric_name": metric_name, **engine_values(report, metric_name)})
     common = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
     for r in rows:  # what varies between jobs is what a reader needs
         r["overrides"] = " ".join(o for o in r["overrides"].split() if o not in common)
+    lower = lower_is_better(next((r["metric_name"] for r in rows if r["metric_name"]), None))
     for key in ("latency_ms", "size_bytes"):
-        front = pareto([r for r in rows if r["metric"] is not None and r[key] is not None], key)
+        front = pareto([r for r in rows if r["metric"] is not None and r[key] is not None], key, lower)
         for r in rows:
             r[f"pareto_{key.split('_')[0]}"] = r["job"] in front
     return rows
@@ -65,11 +68,13 @@ def _overrides(path: Path) -> list[str]:
     return [str(o) for o in yaml.safe_load(path.read_text()) or []]
 
 
-def pareto(rows: list[dict[str, Any]], cost: str) -> set[str]:
-    """Jobs no other job beats on both: metric at least as high and `cost` at least as low, one strictly."""
+def pareto(rows: list[dict[str, Any]], cost: str, lower_is_better: bool = False) -> set[str]:
+    """Jobs no other job beats on both: metric at least as good (as high, or as low for perplexity)
+    and `cost` at least as low, one strictly."""
+    sign = -1 if lower_is_better else 1
     return {r["job"] for r in rows
-            if not any(o["metric"] >= r["metric"] and o[cost] <= r[cost] and (o["metric"] > r["metric"] or o[cost] < r[cost])
-                       for o in rows)}
+            if not any(sign * o["metric"] >= sign * r["metric"] and o[cost] <= r[cost]
+                       and (o["metric"] != r["metric"] or o[cost] < r[cost]) for o in rows)}
 
 
 def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -82,11 +87,14 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     writer.writerows(rows)
     write_text(sweep_dir / "summary.csv", buf.getvalue())
     name = next((r["metric_name"] for r in rows if r["metric_name"]), "metric")
-    lines = [f"# Sweep: {len(rows)} jobs", "", f"| job | overrides | status | {name} | p50 ms | size KiB | Pareto (latency / size) |",
+    decode = any(r["tokens_per_s"] for r in rows)  # language models: timed by decode tokens/s
+    speed = "decode tok/s" if decode else "p50 ms"
+    lines = [f"# Sweep: {len(rows)} jobs", "", f"| job | overrides | status | {name} | {speed} | size KiB | Pareto (speed / size) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         metric = f"{r['metric']:.4f}" if r["metric"] is not None else "-"
-        latency = f"{r['latency_ms']:.3f}" if r["latency_ms"] is not None else "-"
+        key = "tokens_per_s" if decode else "latency_ms"
+        latency = f"{r[key]:.3f}" if r[key] is not None else "-"
         size = f"{r['size_bytes'] / 1024:.1f}" if r["size_bytes"] is not None else "-"
         marks = " / ".join("yes" if r[k] else "no" for k in ("pareto_latency", "pareto_size"))
         lines.append(f"| {r['job']} | `{r['overrides']}` | {r['status']} | {metric} | {latency} | {size} | {marks} |")
@@ -94,7 +102,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     if failed:
         lines += ["", "Not ok: " + ", ".join(f"job {r['job']} ({r['status']}: `{r['overrides']}`)" for r in failed)]
     if plot_pareto(rows, sweep_dir / "pareto.png"):
-        lines += ["", "![metric against engine latency and size, Pareto front marked](pareto.png)"]
+        lines += ["", f"![{name} against engine {'decode speed' if decode else 'latency'} and size, Pareto front "
+                      "marked](pareto.png)"]
     write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     return rows
 
@@ -108,9 +117,11 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    decode = all(r["tokens_per_s"] for r in points)
+    speed = ("tokens_per_s", "engine decode tokens/s (batch 1)") if decode else ("latency_ms", "engine p50 latency (ms)")
+    name = points[0]["metric_name"] or "metric"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, flag, label in ((axes[0], "latency_ms", "pareto_latency", "engine p50 latency (ms)"),
-                                 (axes[1], "size_bytes", "pareto_size", "engine size (KiB)")):
+    for ax, (key, label), flag in ((axes[0], speed, "pareto_latency"), (axes[1], ("size_bytes", "engine size (KiB)"), "pareto_size")):
         scale = 1 / 1024 if key == "size_bytes" else 1
         ax.scatter([r[key] * scale for r in points], [r["metric"] for r in points], color="#999", label="job")
         front = sorted((r for r in points if r[flag]), key=lambda r: r[key])
@@ -118,7 +129,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> bool:
         for r in points:
             ax.annotate(r["job"], (r[key] * scale, r["metric"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(label)
-        ax.set_ylabel(points[0]["metric_name"] or "metric")
+        ax.set_ylabel(name + (" (lower is better)" if lower_is_better(name) else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

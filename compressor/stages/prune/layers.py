@@ -6,7 +6,11 @@ valid. Residual blocks are found by tracing each module with torch.fx and checki
 output is an add of its own input; blocks with a downsample path (not x itself) do not qualify.
 Importance is either the validation-metric drop when the block alone is removed (`metric`) or
 the cheap proxy ||block(x) - x|| / ||x|| on calibration data (`norm`): how much the block
-changes what passes through it."""
+changes what passes through it.
+
+A causal LM (compressor/models/causal_lm.py) has its decoder blocks as the candidates (each is
+h + attention(h) + mlp(...), same shape); a removed block is deleted from the layer list and the
+config's layer count, so the engines' KV cache has one layer fewer (ShortGPT-style depth pruning)."""
 from __future__ import annotations
 
 import fnmatch
@@ -21,6 +25,8 @@ from torch import fx, nn
 from compressor.errors import UserError
 from compressor.core.interfaces import Context
 from compressor.core.params import one_of
+from compressor.models.causal_lm import decoder_layers, is_causal_lm
+from compressor.registry import lower_is_better
 
 ADDS = (operator.add, operator.iadd, torch.add)
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Identity, nn.Dropout)
@@ -110,16 +116,42 @@ def norm_importance(model: nn.Module, names: list[str], ctx: Context, batches: i
     return {n: sum(v) / max(len(v), 1) for n, v in scores.items()}
 
 
-def metric_importance(model: nn.Module, names: list[str], ctx: Context) -> dict[str, float]:
-    """Drop of the validation metric (the gate's, listed first) when each block alone is removed."""
-    baseline = next(iter(ctx.evaluate(model).values()))
+class _Skip(nn.Module):
+    """A decoder block's stand-in while its importance is measured: the hidden states pass through
+    (the block is called with keyword arguments nn.Identity does not take)."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+def metric_importance(model: nn.Module, names: list[str], ctx: Context, skip: type[nn.Module]) -> dict[str, float]:
+    """Loss of the validation metric (the gate's, listed first) when each block alone is removed:
+    its drop, or its rise for a metric where lower is better (perplexity)."""
+    first = ctx.evaluate(model)
+    metric = next(iter(first))
+    sign = -1.0 if lower_is_better(metric) else 1.0
     scores = {}
     for name in names:
         block = model.get_submodule(name)
-        model.set_submodule(name, nn.Identity())
-        scores[name] = baseline - next(iter(ctx.evaluate(model).values()))
+        model.set_submodule(name, skip())
+        scores[name] = sign * (first[metric] - ctx.evaluate(model)[metric])
         model.set_submodule(name, block)
     return scores
+
+
+def drop_decoder_blocks(model: nn.Module, names: list[str]) -> None:
+    """Delete decoder blocks of a causal LM; the others are renumbered for the KV cache."""
+    layers = decoder_layers(model)
+    gone = {id(model.get_submodule(n)) for n in names}
+    keep = [i for i, block in enumerate(layers) if id(block) not in gone]
+    config = model.config
+    if getattr(config, "layer_types", None):  # per-layer attention kinds (sliding window...), where the family has them
+        config.layer_types = [config.layer_types[i] for i in keep]
+    layers = nn.ModuleList(layers[i] for i in keep)
+    model.set_submodule(names[0].rsplit(".", 1)[0], layers)
+    for i, block in enumerate(layers):
+        block.self_attn.layer_idx = i
+    config.num_hidden_layers = len(layers)
 
 
 def _nested(a: str, b: str) -> bool:
@@ -127,7 +159,8 @@ def _nested(a: str, b: str) -> bool:
 
 
 class PruneLayers:
-    """Removes whole residual blocks (replaced by Identity), the least important first."""
+    """Removes whole residual blocks (replaced by Identity; a causal LM's decoder blocks deleted),
+    the least important first."""
 
     params: PruneLayersParams
 
@@ -137,7 +170,9 @@ class PruneLayers:
         for pattern in p.exclude:
             if not any(fnmatch.fnmatch(n, pattern) for n, _ in model.named_modules()):
                 raise UserError(f"pattern '{pattern}' matches no module", key="exclude")
-        found = removable_blocks(model, ctx.example_input)
+        lm = is_causal_lm(model)
+        found = ([n for n, m in model.named_modules() if any(m is b for b in decoder_layers(model))] if lm
+                 else removable_blocks(model, ctx.example_input))
         names = [n for n in found if not any(fnmatch.fnmatch(n, pat) for pat in p.exclude)]
         if not names:
             raise UserError("the model has no removable residual block (output = input + f(input), same shape)"
@@ -149,15 +184,18 @@ class PruneLayers:
         if p.importance == "metric" and not ctx.data.labelled:
             raise UserError("the data has no labels to measure a metric with; use importance=norm", key="importance")
         if p.importance == "metric":
-            scores = metric_importance(model, names, ctx)
+            scores = metric_importance(model, names, ctx, _Skip if lm else nn.Identity)
         else:
             scores = norm_importance(model, names, ctx, p.calibration_batches)
         removed: list[str] = []
         for name in sorted(names, key=scores.get):
             if len(removed) < count and not any(_nested(name, r) for r in removed):
                 removed.append(name)
-        for name in removed:
-            model.set_submodule(name, nn.Identity())
+        if lm:
+            drop_decoder_blocks(model, removed)
+        else:
+            for name in removed:
+                model.set_submodule(name, nn.Identity())
         ctx.notes.update(removed_blocks=removed, importance={n: round(s, 5) for n, s in scores.items()},
                          importance_kind=p.importance)
         return model

@@ -15,18 +15,20 @@ from torch import nn
 from compressor.errors import UserError
 from compressor.core.interfaces import Context
 from compressor.models import huggingface
+from compressor.models.causal_lm import is_causal_lm
 from compressor.core.params import one_of
+from compressor.stages.prune.llm_structured import prune_llm
 from compressor.stages.prune.graph import dead_ends, mapping_barriers, output_writers, untraced, with_outputs_of
 from compressor.stages.prune.units import attention_heads, opaque_tracing, opaque_units, sync_attention
 from compressor.training.loop import fit
 
-IMPORTANCES = ("magnitude", "bn_scale", "taylor", "lamp", "fpgm")
+IMPORTANCES = ("magnitude", "bn_scale", "taylor", "lamp", "fpgm", "wanda")  # wanda: causal LMs only
 
 
 @dataclass
 class PruneStructuredParams:
     ratio: float = 0.5  # fraction of channels (and heads' dims) removed per prunable group
-    importance: str = "magnitude"  # magnitude | bn_scale | taylor | lamp | fpgm
+    importance: str = "magnitude"  # magnitude | bn_scale | taylor | lamp | fpgm | wanda (causal LMs)
     norm: int = 2  # p of the magnitude norm
     global_pruning: bool = False  # one ranking across layers instead of the same ratio in each
     layer_ratios: dict = field(default_factory=dict)  # {module-name pattern: ratio}, overrides `ratio`
@@ -38,6 +40,7 @@ class PruneStructuredParams:
     lr: float = 1e-3
     taylor_batches: int = 4  # batches of training data for Taylor importance gradients
     ratios_from_sensitivity: bool = False  # per-layer ratios chosen by an earlier `sensitivity` stage
+    calibration_batches: int = 8  # causal LMs, wanda: calibration batches for the activation norms
 
     def check(self):
         if not 0 <= self.ratio < 1:
@@ -60,6 +63,8 @@ class PruneStructuredParams:
             yield "lr", f"must be positive and finite, got {self.lr}"
         if self.taylor_batches < 1:
             yield "taylor_batches", f"must be >= 1, got {self.taylor_batches}"
+        if self.calibration_batches < 1:
+            yield "calibration_batches", f"must be >= 1, got {self.calibration_batches}"
 
 
 def cubic_schedule(ratio: float, steps: int) -> list[float]:
@@ -106,6 +111,11 @@ class PruneStructured:
 
         p = self.params
         model.eval()
+        if is_causal_lm(model):
+            return self._causal_lm(model, ctx)
+        if p.importance == "wanda":
+            raise UserError("importance wanda is for causal LMs; this model takes magnitude, bn_scale, taylor, "
+                            "lamp or fpgm", key="importance")
         names = dict((m, n) for n, m in model.named_modules())
         by_name = dict(model.named_modules())
         ignored = []
@@ -179,6 +189,20 @@ class PruneStructured:
         ctx.notes.update(macs_ratio=round(macs_after / max(macs_before, 1), 4),
                          params_ratio=round(params_after / max(params_before, 1), 4),
                          ignored_layers=[names[m] for m in ignored], widths=changed)
+        return model
+
+    def _causal_lm(self, model: nn.Module, ctx: Context) -> nn.Module:
+        p = self.params
+        uniform = {"layer_ratios": p.layer_ratios, "global_pruning": p.global_pruning, "steps": p.steps > 1,
+                   "ratios_from_sensitivity": p.ratios_from_sensitivity, "finetune_epochs": p.finetune_epochs}
+        for key, value in uniform.items():
+            if value:
+                raise UserError("a causal LM is pruned with one ratio in every block (its config, and the engine "
+                                "built from it, holds one MLP width and one head count); follow with a distill "
+                                "stage to recover", key=key)
+        params_before = sum(t.numel() for t in model.parameters())
+        ctx.notes.update(prune_llm(model, ctx, p.ratio, p.importance, p.ignore, p.round_to, p.calibration_batches))
+        ctx.notes["params_ratio"] = round(sum(t.numel() for t in model.parameters()) / params_before, 4)
         return model
 
     def _gradients(self, model: nn.Module, ctx: Context) -> None:

@@ -119,6 +119,8 @@ def distill(student: nn.Module, teacher: nn.Module, p: DistillSettings, train: T
             out = _outputs(model(x))
             with torch.no_grad():
                 ref = _outputs(teacher(x))
+            if p.loss == "kl" and out.dim() == 3:  # a causal LM: one next-token distribution per position
+                out, ref, y = out.flatten(0, 1), ref.flatten(0, 1), y.flatten()
             if p.loss == "kl":
                 T = p.temperature
                 soft = F.kl_div(F.log_softmax(out / T, -1), F.softmax(ref / T, -1), reduction="batchmean") * T * T
