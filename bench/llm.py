@@ -110,9 +110,9 @@ def engines(model, d, ref, out: Path) -> dict:
     results = {}
     builders = {"onnxruntime": lambda: LlmSession(export_llm(model, out / "ort").parent, threads=THREADS)}
     try:
-        from compressor.targets.llm_openvino import build_openvino_llm
+        from compressor.targets.llm_openvino import OvLlmSession, export_llm_openvino
 
-        builders["openvino"] = lambda: build_openvino_llm(model, out / "ov", threads=THREADS)
+        builders["openvino"] = lambda: OvLlmSession(export_llm_openvino(model, out / "ov").parent, threads=THREADS)
     except ImportError as e:
         results["openvino"] = {"error": str(e)}
     torch_predict = stats.predict_torch(model, torch.device("cpu"))
@@ -133,6 +133,22 @@ def engines(model, d, ref, out: Path) -> dict:
     return results
 
 
+def engine_speed(model, d) -> dict:
+    """Decode speed of the INT4 engine built quickly (RTN: the same kernels and shapes as GPTQ's
+    engine, W4A8 with lm_head INT8) against PyTorch FP32 eager, in one run."""
+    from compressor.targets.onnx.llm import LlmSession, export_llm
+
+    q = stage(WQ, dict(bits=4, group_size=128, method="rtn", head_bits=8, activations="int8")).apply(
+        copy.deepcopy(model), context(d, model))
+    engine = LlmSession(export_llm(q, ROOT / "bench" / ".cache" / "llm" / "ours" / "ort_speed").parent, threads=THREADS)
+    par = lm_parity.compare(engine, stats.predict_torch(q, torch.device("cpu")), d.val, 4, engine.precision)
+    out = {"engine": "ORT INT4 (RTN, groups 128/64) W4A8, lm_head INT8", **engine.speed(128, 128),
+           "torch_fp32": generation.torch_speed(model), "load": os.getloadavg()[0],
+           "parity": {k: par[k] for k in ("relative_error", "tolerance", "kld", "token_agreement", "passed")}}
+    out["decode_vs_torch_fp32"] = round(out["decode_tokens_per_s"] / out["torch_fp32"]["decode_tokens_per_s"], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="", help="comma-separated configs (default all); 'none' for engines/peers only")
@@ -140,12 +156,19 @@ def main() -> None:
     ap.add_argument("--no-engines", action="store_true")
     ap.add_argument("--no-speed", action="store_true", help="skip PyTorch's decode speed (a busy machine)")
     ap.add_argument("--readme", action="store_true", help="only rewrite the README table from bench/results")
+    ap.add_argument("--engine-speed", action="store_true", help="only the INT4 engine's decode speed vs PyTorch")
     args = ap.parse_args()
     if args.readme:
         return refresh_readme()
     torch.set_num_threads(THREADS)
     d = data()
     model = build_model(MODEL)
+    if args.engine_speed:
+        result = json.loads((RESULTS / "llm.json").read_text())
+        result["engine_speed"] = engine_speed(model, d)
+        write_result("llm", result)
+        update_readme("llm", table(result))
+        return print(json.dumps(result["engine_speed"], indent=1, default=str))
     fp32_predict = stats.predict_torch(model, torch.device("cpu"))
     t = time.perf_counter()
     ref = cached_reference(fp32_predict, d)
@@ -246,6 +269,13 @@ def table(r: dict) -> str:
                          f"{e['size_bytes'] / 1e6:.1f} | {e['smaller_than_fp32_safetensors']} | {e['ttft_ms']} | "
                          f"{e['decode_tokens_per_s']} | {e['decode_vs_torch_fp32']} | {e['parity']['relative_error']:.2e} | "
                          f"{e['parity']['kld']:.2e} |")
+        if r.get("engine_speed"):
+            e = r["engine_speed"]
+            lines.append(f"| ours onnxruntime (RTN W4A8, head INT8; `--engine-speed`) | | | | {e['ttft_ms']:.0f} | "
+                         f"{e['decode_tokens_per_s']:.1f} | {e['decode_vs_torch_fp32']} | "
+                         f"{e['parity']['relative_error']:.2e} | {e['parity']['kld']:.2e} |")
+            lines.append(f"| PyTorch FP32 eager (same run) | | | | {e['torch_fp32']['ttft_ms']:.0f} | "
+                         f"{e['torch_fp32']['decode_tokens_per_s']:.1f} | 1.0 | | |")
         for name, row in (r.get("peers") or {}).items():
             if row.get("decode_tokens_per_s"):
                 lines.append(f"| {name} | {row.get('perplexity', float('nan')):.3f} | {row.get('size_bytes', 0) / 1e6:.1f} | | "

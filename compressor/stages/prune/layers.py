@@ -103,7 +103,12 @@ def norm_importance(model: nn.Module, names: list[str], ctx: Context, batches: i
             scores[name].append(float((out - args[0]).norm() / args[0].norm().clamp_min(1e-12)))
         return hook
 
-    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in names]
+    calibrate(model, ctx, batches, [model.get_submodule(n).register_forward_hook(record(n)) for n in names])
+    return {n: sum(v) / max(len(v), 1) for n, v in scores.items()}
+
+
+def calibrate(model: nn.Module, ctx: Context, batches: int, hooks: list) -> None:
+    """Run the first `batches` calibration batches through the model, then remove the hooks that watched them."""
     try:
         with torch.no_grad():
             for i, (x, _) in enumerate(ctx.data.calib):
@@ -113,7 +118,6 @@ def norm_importance(model: nn.Module, names: list[str], ctx: Context, batches: i
     finally:
         for h in hooks:
             h.remove()
-    return {n: sum(v) / max(len(v), 1) for n, v in scores.items()}
 
 
 class _Skip(nn.Module):

@@ -20,6 +20,7 @@ from torch import nn
 from compressor.core.interfaces import Context
 from compressor.errors import UserError
 from compressor.models.causal_lm import decoder_layers
+from compressor.stages.prune.layers import calibrate
 
 LM_IMPORTANCES = ("magnitude", "wanda")
 
@@ -35,16 +36,7 @@ def _input_rms(model: nn.Module, ctx: Context, batches: int) -> dict[nn.Module, 
         s[1] += len(x)
 
     mods = [m for b in decoder_layers(model) for m in (b.mlp.down_proj, b.self_attn.o_proj)]
-    hooks = [m.register_forward_pre_hook(hook) for m in mods]
-    try:
-        with torch.no_grad():
-            for i, (x, _) in enumerate(ctx.data.calib):
-                if i >= batches:
-                    break
-                model(x.to(ctx.device))
-    finally:
-        for h in hooks:
-            h.remove()
+    calibrate(model, ctx, batches, [m.register_forward_pre_hook(hook) for m in mods])
     return {m: (s / n).sqrt() for m, (s, n) in sums.items()}
 
 

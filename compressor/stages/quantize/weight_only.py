@@ -98,12 +98,12 @@ class QuantizeWeightOnly:
             from compressor.stages.quantize import calibrated
 
             groups = calibrated.quantize(model, set(chosen), p, ctx)
-        if p.activations == "int8":
+        if head and p.head_bits:
+            groups.update({n: _quantize(model, n, p.head_bits, p.group_size, p.symmetric) for n in head})
+        if p.activations == "int8":  # lm_head too: at 49k x 576 it is most of a decode step's matmul time
             for name in groups:
                 m = model.get_submodule(name)
                 m.act_block = export_block(m.inner.in_features, m.group_size)
-        if head and p.head_bits:
-            groups.update({n: _quantize(model, n, p.head_bits, p.group_size, p.symmetric) for n in head})
         ctx.notes.update(method=p.method, quantized_layers=len(groups),
                          float_layers=[n for n in names if n not in groups], bits=p.bits, symmetric=p.symmetric,
                          group_size=p.group_size, groups_by_width=_by_width(model, groups),
