@@ -121,14 +121,14 @@ def calibrate(model: nn.Module, ctx: Context, batches: int, hooks: list) -> None
 
 
 class _Skip(nn.Module):
-    """A decoder block's stand-in while its importance is measured: the hidden states pass through
-    (the block is called with keyword arguments nn.Identity does not take)."""
+    """A block's stand-in while its importance is measured: its first input passes through (an LM's
+    decoder block is called with keyword arguments nn.Identity does not take)."""
 
     def forward(self, hidden_states, *args, **kwargs):
         return hidden_states
 
 
-def metric_importance(model: nn.Module, names: list[str], ctx: Context, skip: type[nn.Module]) -> dict[str, float]:
+def metric_importance(model: nn.Module, names: list[str], ctx: Context) -> dict[str, float]:
     """Loss of the validation metric (the gate's, listed first) when each block alone is removed:
     its drop, or its rise for a metric where lower is better (perplexity)."""
     first = ctx.evaluate(model)
@@ -137,7 +137,7 @@ def metric_importance(model: nn.Module, names: list[str], ctx: Context, skip: ty
     scores = {}
     for name in names:
         block = model.get_submodule(name)
-        model.set_submodule(name, skip())
+        model.set_submodule(name, _Skip())
         scores[name] = sign * (first[metric] - ctx.evaluate(model)[metric])
         model.set_submodule(name, block)
     return scores
@@ -188,7 +188,7 @@ class PruneLayers:
         if p.importance == "metric" and not ctx.data.labelled:
             raise UserError("the data has no labels to measure a metric with; use importance=norm", key="importance")
         if p.importance == "metric":
-            scores = metric_importance(model, names, ctx, _Skip if lm else nn.Identity)
+            scores = metric_importance(model, names, ctx)
         else:
             scores = norm_importance(model, names, ctx, p.calibration_batches)
         removed: list[str] = []
