@@ -161,6 +161,7 @@ def test_ort_greedy_generate_matches_full_recompute(which, expected, request):
     engine = request.getfixturevalue(f"ort_{which}")
     tokens = expected[which][1]
     assert engine.eos_ids == [2] and len(set(tokens)) > 4  # the model does not just repeat itself
+    assert engine.shared_kv  # GroupQueryAttention writes each step's keys into one buffer in place
     assert list(engine.generate(PROMPT, 16)) == tokens
 
 

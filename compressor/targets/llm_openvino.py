@@ -89,7 +89,7 @@ class OvLlmSession(Decoder):
         self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
         self._ov = ov
 
-    def _empty_past(self, batch: int) -> list:
+    def _empty_past(self, batch: int, capacity: int) -> list:  # OpenVINO grows its own
         m = self.meta
         return [np.zeros((batch, m["kv_heads"], 0, m["head_dim"]), np.float32) for _ in self.past_names]
 

@@ -423,14 +423,15 @@ class _GraphBuilder:
 class Decoder:
     """`__call__`, `generate` and `speed` over one engine step, `_forward(ids, mask, past) ->
     (logits, present)`, shared by the ONNX Runtime and OpenVINO engines. `past` is whatever the
-    engine keeps between steps; `_empty_past(batch)` starts it."""
+    engine keeps between steps; `_empty_past(batch, capacity)` starts it for at most `capacity`
+    tokens."""
 
     meta: dict
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, past):
         raise NotImplementedError
 
-    def _empty_past(self, batch: int):
+    def _empty_past(self, batch: int, capacity: int):
         raise NotImplementedError
 
     @property
@@ -443,7 +444,7 @@ class Decoder:
         if ids.ndim != 2:
             raise UserError(f"input_ids must be (batch, seq), got shape {ids.shape}", key="input_ids")
         self._check_length(ids.shape[1])
-        logits, _ = self._forward(ids, np.ones_like(ids), self._empty_past(ids.shape[0]))
+        logits, _ = self._forward(ids, np.ones_like(ids), self._empty_past(ids.shape[0], ids.shape[1]))
         return np.asarray(logits)
 
     def _check_length(self, n: int) -> None:
@@ -466,7 +467,8 @@ class Decoder:
         if not prompt:
             raise UserError("the prompt is empty: give at least one token (e.g. the bos token)", key="prompt_ids")
         self._check_length(len(prompt))
-        ids, past, total = np.array([prompt], np.int64), self._empty_past(1), len(prompt)
+        capacity = min(len(prompt) + max_new_tokens, self.meta["context_length"])
+        ids, past, total = np.array([prompt], np.int64), self._empty_past(1, capacity), len(prompt)
         for _ in range(max_new_tokens):
             logits, past = self._forward(ids, np.ones((1, total), np.int64), past)
             token = pick(np.asarray(logits)[0, -1])
@@ -518,9 +520,11 @@ def read_meta(folder: Path) -> dict:
 
 
 class LlmSession(Decoder):
-    """ONNX Runtime (CPU) over a folder written by `export_llm`. Between decode steps the KV cache
-    stays in ONNX Runtime's own tensors (OrtValue): present outputs go back in as the next past
-    without a numpy copy."""
+    """ONNX Runtime (CPU) over a folder written by `export_llm`. With GroupQueryAttention the KV
+    cache is one buffer per layer, sized for the whole generation and bound as both past and
+    present (ONNX Runtime's shared-buffer mode, as onnxruntime-genai runs it): each step writes its
+    new keys in place instead of copying the grown cache. The portable graph (ONNX Attention) keeps
+    the cache in ONNX Runtime's own tensors between steps, without a numpy copy."""
 
     def __init__(self, folder: str | Path, threads: int = 0):
         import onnxruntime as ort
@@ -536,18 +540,30 @@ class LlmSession(Decoder):
         self.provider = self.session.get_providers()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.past_names = [f"past_key_values.{i}.{p}" for i in range(self.meta["num_layers"]) for p in ("key", "value")]
+        self.present_names = [n.replace("past_key_values", "present") for n in self.past_names]
+        self.shared_kv = "GroupQueryAttention" in self.kernels()
         self._ort = ort
 
-    def _empty_past(self, batch: int) -> list:
+    def _empty_past(self, batch: int, capacity: int) -> list:
         m = self.meta
-        empty = np.zeros((batch, m["kv_heads"], 0, m["head_dim"]), np.float32)
-        return [self._ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
+        shape = (batch, m["kv_heads"], capacity if self.shared_kv else 0, m["head_dim"])
+        return [self._ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in self.past_names]
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, past: list):
         value = self._ort.OrtValue.ortvalue_from_numpy
-        feeds = {"input_ids": value(ids), "attention_mask": value(mask), **dict(zip(self.past_names, past))}
-        outs = self.session.run_with_ort_values(self.output_names, feeds)
-        return outs[0].numpy(), outs[1:]
+        if not self.shared_kv:
+            feeds = {"input_ids": value(ids), "attention_mask": value(mask), **dict(zip(self.past_names, past))}
+            outs = self.session.run_with_ort_values(self.output_names, feeds)
+            return outs[0].numpy(), outs[1:]
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("input_ids", value(ids))
+        binding.bind_ortvalue_input("attention_mask", value(mask))
+        binding.bind_output("logits")  # first: get_outputs() returns the outputs in binding order
+        for past_name, present_name, kv in zip(self.past_names, self.present_names, past):
+            binding.bind_ortvalue_input(past_name, kv)
+            binding.bind_ortvalue_output(present_name, kv)  # the same buffer: written in place
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy(), past
 
     def kernels(self) -> dict[str, int]:
         """Op types of model.onnx, counted."""
