@@ -23,6 +23,7 @@ environment (bench/.venv-peers-llmc, see SETUP_LLMC) as a subprocess of this scr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -82,7 +83,10 @@ def folder_bytes(*paths) -> int:
     return total
 
 
-AUTOROUND_ITERS = 200  # --autoround-iters: auto-round's default; other values are cached apart and labelled
+# --autoround-recipe: auto-round's own recipes (its cli RECIPES), iterations per block and learning
+# rate (None: its 1/iters); a recipe other than its default is cached and reported apart
+AUTOROUND_RECIPES = {"default": (200, None), "light": (50, 5e-3)}
+AUTOROUND_RECIPE = "default"
 QUANTIZE_THREADS = THREADS  # --quantize-threads: torch threads while a peer quantizes (measuring always uses THREADS)
 
 
@@ -282,6 +286,10 @@ def peer_fp32(b: Bench) -> dict:
     return out
 
 
+def autoround_entry() -> str:
+    return "autoround" if AUTOROUND_RECIPE == "default" else f"autoround_{AUTOROUND_RECIPE}"
+
+
 def peer_autoround(b: Bench) -> dict:
     import torch
 
@@ -289,15 +297,15 @@ def peer_autoround(b: Bench) -> dict:
 
     from compressor.stages.quantize.autoround import autoround_layers, to_weight_only
 
-    iters = AUTOROUND_ITERS
-    folder = CACHE / ("autoround" if iters == 200 else f"autoround_iters{iters}")
+    iters, lr = AUTOROUND_RECIPES[AUTOROUND_RECIPE]
+    folder = CACHE / autoround_entry()
     meta = {}
     if fresh_dir(folder, b.fresh):
         lm = b.fp32_model()
         log(f"auto-round: {iters} iterations per block, 30 blocks")
         with Timer() as t:
-            results = autoround_layers(lm, b.calib, bits=4, group_size=GROUP, symmetric=True, iters=iters, seed=42,
-                                       export_dir=str(folder / "export"))
+            results = autoround_layers(lm, b.calib, bits=4, group_size=GROUP, symmetric=True, iters=iters, lr=lr,
+                                       seed=42, export_dir=str(folder / "export"))
         check = {n: float((r["weight"] - lm.get_submodule(n).weight).abs().max()) for n, r in list(results.items())[:1]}
         torch.save({n: {k: v for k, v in r.items() if k != "weight"} for n, r in results.items()}, folder / "results.pt")
         # WeightOnly holds auto-round's fake-quant weights exactly (checked inside to_weight_only)
@@ -305,7 +313,8 @@ def peer_autoround(b: Bench) -> dict:
         to_weight_only(probe, results)
         diff = max(float((probe.get_submodule(n).inner.weight - r["weight"]).abs().max()) for n, r in results.items())
         del probe, lm, results
-        meta = {**t.meta(), "auto_round": auto_round.__version__, "iters": iters,
+        meta = {**t.meta(), "auto_round": auto_round.__version__, "iters": iters, "lr": lr,
+                "recipe": AUTOROUND_RECIPE,
                 "max_abs_diff_weightonly_vs_autoround": diff, "weight_moved_by_autoround": check}
         save_meta(folder, meta)
     meta = cached_meta(folder)
@@ -316,10 +325,8 @@ def peer_autoround(b: Bench) -> dict:
     out = {**qfields(meta), "size_bytes": folder_bytes(folder / "export" / "model.safetensors"),
            "engine": "quality: our WeightOnly model (= auto-round's fake-quant weights); speed: auto-round's "
                      "export loaded by transformers (auto-round's CPU QuantLinear)",
-           "notes": f"auto-round {meta['auto_round']} defaults: W4A16 symmetric, "
-                    + (f"{meta.get('iters', 200)} iters, lr 1/iters, batch 8, min/max tuning"
-                       if meta.get("iters", 200) else "iters 0 = its RTN mode (optimized RTN, no tuning: NOT its "
-                                                      "default signed-gradient tuning)")
+           "notes": f"auto-round {meta['auto_round']} recipe {meta.get('recipe', 'default')}: W4A16 symmetric, "
+                    f"{meta['iters']} iters, lr {meta.get('lr') or '1/iters'}, batch 8, min/max tuning"
                     + f", lm_head and embeddings float; nsamples {len(b.calib)} x seqlen 512 of our "
                     f"calibration windows; groups {groups} (128 where K % 128 == 0, else 64); max |WeightOnly - "
                     f"auto-round fake-quant| = {meta['max_abs_diff_weightonly_vs_autoround']:.3g}"}
@@ -713,10 +720,12 @@ def peer_ort(b: Bench, algo: str) -> dict:
             # (9 of 64, or 5 of 128): its two-per-byte zero points do not reshape to (N, -1):
             # "cannot reshape array of size 4320 into shape (960,newaxis)"
             # the graph in memory, external data loaded: given the path, its RTN/GPTQ code leaves initializers
-            # pointing at the source's model.onnx.data (RTN) or resolves it against the working directory (GPTQ)
+            # pointing at the source's model.onnx.data (RTN); its GPTQ still resolves some against the working
+            # directory ("External data path validation failed"), hence the chdir to the source's folder
             q = mnq.MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=GROUP, is_symmetric=True,
                                          algo_config=cfg)
-            q.process()
+            with contextlib.chdir(src.parent):
+                q.process()
         folder.mkdir(parents=True, exist_ok=True)
         onnx.save(q.model.model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                   location="model.onnx.data")
@@ -975,7 +984,7 @@ def table(peers: dict) -> str:
 
 
 def main() -> None:
-    global SPEED_RUNS, QUANTIZE_THREADS, AUTOROUND_ITERS
+    global SPEED_RUNS, QUANTIZE_THREADS, AUTOROUND_RECIPE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated peers: " + ",".join(PEERS))
     ap.add_argument("--fresh", action="store_true", help="rebuild cached artifacts (quantize again)")
@@ -984,8 +993,9 @@ def main() -> None:
     ap.add_argument("--speed-runs", type=int, default=SPEED_RUNS, help="timed generations per peer (after one warm-up)")
     ap.add_argument("--quantize-threads", type=int, default=THREADS,
                     help="torch threads while quantizing (1 is faster when other jobs load the 2 cores)")
-    ap.add_argument("--autoround-iters", type=int, default=200,
-                    help="auto-round iterations per block (default 200, its own default; 0 = its RTN mode)")
+    ap.add_argument("--autoround-recipe", choices=list(AUTOROUND_RECIPES), default="default",
+                    help="auto-round's recipe: default (200 iterations per block; ~3 h on 2 cores) or light (50, "
+                         "lr 0.005; ~45 min)")
     ap.add_argument("--speed-only", action="store_true", help="re-measure speed only (cached artifacts), keep quality")
     ap.add_argument("--no-speed", action="store_true", help="measure quality, size and quantize time only")
     ap.add_argument("--llmc-worker", nargs=2, metavar=("MODEL", "FOLDER"), help=argparse.SUPPRESS)
@@ -1007,7 +1017,7 @@ def main() -> None:
     unknown = [n for n in names if n not in RUNNERS]
     if unknown:
         sys.exit(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)}")
-    SPEED_RUNS, QUANTIZE_THREADS, AUTOROUND_ITERS = args.speed_runs, args.quantize_threads, args.autoround_iters
+    SPEED_RUNS, QUANTIZE_THREADS, AUTOROUND_RECIPE = args.speed_runs, args.quantize_threads, args.autoround_recipe
     Bench.quality_on, Bench.speed_on = not args.speed_only, not args.no_speed
     t0 = time.perf_counter()
     b = Bench(args.model, args.fresh)
@@ -1023,8 +1033,8 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - one broken peer must not stop the others
             r = {"error": f"{type(e).__name__}: {str(e)[-3000:]}", "traceback": traceback.format_exc()[-4000:]}
         r["measured_at" if not args.speed_only else "speed_measured_at"] = started
-        if name == "autoround" and AUTOROUND_ITERS != 200:  # not auto-round's default: its own entry
-            name = f"autoround_iters{AUTOROUND_ITERS}"
+        if name == "autoround":  # a recipe other than its default is an entry of its own
+            name = autoround_entry()
         if "error" in r or name not in peers or "error" in peers[name]:
             peers[name] = r
         else:  # a partial re-measurement (--speed-only, --no-speed) keeps the other figures

@@ -51,10 +51,10 @@ def _block_linears(inner: nn.Module) -> list[str]:
 
 
 def autoround_layers(model, calib: torch.Tensor, *, bits: int, group_size: int | None, symmetric: bool, iters: int,
-                     seed: int, layers: list[str] | None = None, export_dir: str | None = None) -> dict[str, dict]:
+                     seed: int, lr: float | None = None, layers: list[str] | None = None, export_dir: str | None = None) -> dict[str, dict]:
     """Run auto-round on `model.model` (the LlamaForCausalLM inside our CausalLM; a bare
     transformers model works too) with `calib` token windows (N, T) int64 as its calibration
-    data (nsamples N, seqlen T, its other settings its defaults: batch 8, lr 1/iters, min/max
+    data (nsamples N, seqlen T, its other settings its defaults: batch 8, lr `lr` or its 1/iters, min/max
     tuning, quantized block inputs). `layers`: our names (as in model.named_modules()) of the
     Linears to quantize, default every Linear of the decoder blocks; the others stay float.
 
@@ -107,7 +107,7 @@ def autoround_layers(model, calib: torch.Tensor, *, bits: int, group_size: int |
         os.environ["AR_WORK_SPACE"] = space.name
     try:
         ar = AutoRound(work, tokenizer=_TokenIds(), scheme=f"W{bits}A16", dataset=[w[None] for w in calib],
-                       iters=iters, nsamples=len(calib), seqlen=calib.shape[1], batch_size=min(8, len(calib)),
+                       iters=iters, lr=lr, nsamples=len(calib), seqlen=calib.shape[1], batch_size=min(8, len(calib)),
                        device_map="cpu", layer_config=layer_config, seed=seed)
         quantized, _ = ar.quantize()
         results = _results(quantized, prefix, chosen, groups, bits, symmetric)

@@ -79,6 +79,6 @@ def _autoround(lm, chosen: set[str], ids: torch.Tensor, p, ctx: Context) -> dict
     from compressor.stages.quantize.autoround import autoround_layers, to_weight_only
 
     results = autoround_layers(lm, ids, bits=p.bits, group_size=p.group_size or None, symmetric=p.symmetric,
-                               iters=p.iters, seed=ctx.seed, layers=sorted(chosen))
+                               iters=p.iters, lr=p.lr, seed=ctx.seed, layers=sorted(chosen))
     to_weight_only(lm, results)
     return {name: r["group_size"] for name, r in results.items()}

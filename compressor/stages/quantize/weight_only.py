@@ -45,6 +45,7 @@ class QuantizeWeightOnlyParams:
     damp: float = 0.01  # gptq: added to the Hessian's diagonal, as a share of its mean
     act_order: bool = True  # gptq: columns by decreasing activation energy (better at 4 bits)
     iters: int = 200  # autoround: optimisation steps per block
+    lr: Optional[float] = None  # autoround: its learning rate; None = its 1/iters (its "light" recipe: iters 50, lr 0.005)
     calibration_windows: Optional[int] = None  # how many calibration windows to use; default all
     # float, or int8: activations rounded per token and block of input features, what MatMulNBits at
     # accuracy level 4 computes (its integer path: ~3x faster INT4 decoding on AVX2 than float activations)
@@ -63,6 +64,8 @@ class QuantizeWeightOnlyParams:
             yield "damp", f"must be in [0, 1), got {self.damp}"
         if self.iters < 0:
             yield "iters", f"must be >= 0, got {self.iters}"
+        if self.lr is not None and not self.lr > 0:
+            yield "lr", f"must be > 0 or null, got {self.lr}"
         if self.method == "autoround":
             import importlib.util
 
