@@ -44,7 +44,8 @@ CONFIGS = {
     "gptq4": (WQ, dict(bits=4, group_size=128, method="gptq", head_bits=None)),
     "awq4": (WQ, dict(bits=4, group_size=128, method="awq", head_bits=None)),
     "awq_gptq4": (WQ, dict(bits=4, group_size=128, method="awq_gptq", head_bits=None)),
-    "autoround4": (WQ, dict(bits=4, group_size=128, method="autoround", head_bits=None)),
+    "autoround4": (WQ, dict(bits=4, group_size=128, method="autoround", head_bits=None)),  # ~3 h on 2 cores
+    "autoround4_light": (WQ, dict(bits=4, group_size=128, method="autoround", iters=50, lr=5e-3, head_bits=None)),
     "w8a8": ("compressor.stages.quantize.w8a8:QuantizeW8A8", dict(head_bits=None)),
     "magnitude50": ("compressor.stages.prune.sparse_llm:PruneSparse", dict(method="magnitude")),
     "wanda50": ("compressor.stages.prune.sparse_llm:PruneSparse", dict(method="wanda")),
@@ -266,8 +267,8 @@ def table(r: dict) -> str:
                 lines.append(f"| ours {name} | failed: {e['error'][:80]} | | | | | | | |")
                 continue
             lines.append(f"| ours {name} ({r['engine_model']['method']} W4A8, head INT8) | {e['perplexity']:.3f} | "
-                         f"{e['size_bytes'] / 1e6:.1f} | {e['smaller_than_fp32_safetensors']} | {e['ttft_ms']} | "
-                         f"{e['decode_tokens_per_s']} | {e['decode_vs_torch_fp32']} | {e['parity']['relative_error']:.2e} | "
+                         f"{e['size_bytes'] / 1e6:.1f} | {e['smaller_than_fp32_safetensors']} | {e['ttft_ms']:.0f} | "
+                         f"{e['decode_tokens_per_s']:.1f} | {e['decode_vs_torch_fp32']} | {e['parity']['relative_error']:.2e} | "
                          f"{e['parity']['kld']:.2e} |")
         if r.get("engine_speed"):
             e = r["engine_speed"]
@@ -276,10 +277,18 @@ def table(r: dict) -> str:
                          f"{e['parity']['relative_error']:.2e} | {e['parity']['kld']:.2e} |")
             lines.append(f"| PyTorch FP32 eager (same run) | | | | {e['torch_fp32']['ttft_ms']:.0f} | "
                          f"{e['torch_fp32']['decode_tokens_per_s']:.1f} | 1.0 | | |")
-        for name, row in (r.get("peers") or {}).items():
-            if row.get("decode_tokens_per_s"):
-                lines.append(f"| {name} | {row.get('perplexity', float('nan')):.3f} | {row.get('size_bytes', 0) / 1e6:.1f} | | "
-                             f"{row.get('ttft_ms', '')} | {row['decode_tokens_per_s']} | | | |")
+    run = (r.get("peers") or {}).get("fp32", {}).get("speed_run")
+    fast = {n: p for n, p in r["peers"].items() if run and p.get("speed_run") == run}
+    if fast:  # every engine timed in the peers' last run with FP32 in it, ours included (bench/llm_peers.py)
+        base = fast["fp32"]["decode_tokens_per_s"]
+        lines += ["", f"Speed, one run of `python bench/llm_peers.py` ({run}; ours timed there with the peers' "
+                  "protocol), sorted by decode speed:", "",
+                  "| engine | perplexity | increase | size MB | TTFT ms | decode tokens/s | x PyTorch FP32 | load |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, p in sorted(fast.items(), key=lambda kv: -kv[1]["decode_tokens_per_s"]):
+            lines.append(f"| {name} | {p.get('perplexity', float('nan')):.3f} | {100 * p.get('ppl_increase', 0):+.1f}% | "
+                         f"{p.get('size_bytes', 0) / 1e6:.1f} | {p['ttft_ms']:.0f} | {p['decode_tokens_per_s']:.1f} | "
+                         f"{p['decode_tokens_per_s'] / base:.2f} | {p.get('load_before', '')} |")
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@ artifact's size on disk, time to first token for a 128-token prompt and decode t
 
     .venv/bin/python bench/llm_peers.py [--only autoround,nncf_awq_se] [--fresh] [--model /tmp/smolhf]
 
-Peers (names for --only): fp32, autoround, nncf_awq_se, nncf_awq_se_gptq, genai_int4_b32,
+Peers (names for --only): fp32, ours_ort_int4 and ours_ov_int4 (our engines as bench/llm.py built them,
+timed here in the same run), autoround, nncf_awq_se, nncf_awq_se_gptq, genai_int4_b32,
 genai_int4_b128, ort_rtn, ort_gptq, torchao_int8_wo, torchao_int8_dyn, llamacpp_q4_1, llmc_gptq.
 Every peer calibrates on the windows of data.calib (the packaged Python documentation text,
 disjoint from the evaluated tokens), never on a downloaded data set. Each runs inside try/except:
@@ -51,7 +52,7 @@ SPEED_METHOD = ("batch 1, the first 128 tokens of the first evaluation window as
                 "(EOS ignored), greedy, 2 threads; TTFT = prompt in -> first new token out; decode tok/s = the other "
                 "127 tokens / their time; one warm-up generation, then the median of speed_runs")
 GROUP = 128  # every peer: 128 where the input width allows it, 64 for SmolLM2's 576-wide layers (576 = 9 * 64)
-PEERS = ("fp32", "autoround", "nncf_awq_se", "nncf_awq_se_gptq", "genai_int4_b32", "genai_int4_b128", "ort_rtn",
+PEERS = ("fp32", "ours_ort_int4", "ours_ov_int4", "autoround", "nncf_awq_se", "nncf_awq_se_gptq", "genai_int4_b32", "genai_int4_b128", "ort_rtn",
          "ort_gptq", "torchao_int8_wo", "torchao_int8_dyn", "llamacpp_q4_1", "llmc_gptq")
 
 
@@ -946,10 +947,51 @@ def peer_llmc(b: Bench) -> dict:
     return out
 
 
+# --- ours, timed in the same run ------------------------------------------------------------------
+
+OURS = CACHE / "ours"  # bench/llm.py writes its deployable INT4 engines here (ort/, ov/)
+
+
+def peer_ours(b: Bench, target: str) -> dict:
+    """Our INT4 engine as bench/llm.py built it (best of GPTQ/AWQ, lm_head INT8), measured here with the
+    peers' protocol: the same evaluation windows, prompt and timing."""
+    import numpy as np
+
+    folder = OURS / {"onnxruntime": "ort", "openvino": "ov"}[target]
+    if not (folder / "llm.json").is_file():
+        raise FileNotFoundError(f"{folder} holds no engine: run `python bench/llm.py --only none --no-peers` first")
+    if target == "onnxruntime":
+        from compressor.targets.onnx.llm import LlmSession as Session
+    else:
+        from compressor.targets.llm_openvino import OvLlmSession as Session
+    engine = Session(folder, threads=THREADS)
+    meta = json.loads((folder / "llm.json").read_text())
+    out = {"size_bytes": folder_bytes(*[f for f in folder.iterdir() if f.suffix in (".onnx", ".data", ".bin", ".xml")]),
+           "engine": f"compressor's {target} engine ({engine.provider}), "
+                     "its own decode loop",
+           "notes": f"built by bench/llm.py (precision {meta.get('precision')}); kernels {engine.kernels()}"}
+    out.update(b.quality(lambda x: engine(x.numpy())))
+    ids = b.prompt[0].tolist()
+
+    def once():
+        t0 = time.perf_counter()
+        steps = engine._decode(ids, NEW_TOKENS, lambda lg: int(np.argmax(lg)), set())
+        next(steps)
+        t1 = time.perf_counter()
+        n = 1 + sum(1 for _ in steps)
+        assert n == NEW_TOKENS, n
+        return t1 - t0, time.perf_counter() - t1, n - 1
+
+    out.update(speed(once))
+    return out
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 RUNNERS = {
     "fp32": peer_fp32,
+    "ours_ort_int4": lambda b: peer_ours(b, "onnxruntime"),
+    "ours_ov_int4": lambda b: peer_ours(b, "openvino"),
     "autoround": peer_autoround,
     "nncf_awq_se": lambda b: peer_nncf(b, gptq=False),
     "nncf_awq_se_gptq": lambda b: peer_nncf(b, gptq=True),
@@ -1019,7 +1061,7 @@ def main() -> None:
         sys.exit(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)}")
     SPEED_RUNS, QUANTIZE_THREADS, AUTOROUND_RECIPE = args.speed_runs, args.quantize_threads, args.autoround_recipe
     Bench.quality_on, Bench.speed_on = not args.speed_only, not args.no_speed
-    t0 = time.perf_counter()
+    t0, run_id = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
     b = Bench(args.model, args.fresh)
     b.reference()
     previous = RESULTS / "llm_peers.json"
@@ -1033,6 +1075,8 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - one broken peer must not stop the others
             r = {"error": f"{type(e).__name__}: {str(e)[-3000:]}", "traceback": traceback.format_exc()[-4000:]}
         r["measured_at" if not args.speed_only else "speed_measured_at"] = started
+        if "decode_tokens_per_s" in r:  # speeds compare only within one run (the 2 cores' speed drifts)
+            r["speed_run"] = run_id
         if name == "autoround":  # a recipe other than its default is an entry of its own
             name = autoround_entry()
         if "error" in r or name not in peers or "error" in peers[name]:
