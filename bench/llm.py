@@ -224,10 +224,15 @@ def main() -> None:
         subprocess.run([sys.executable, str(ROOT / "bench" / "llm_peers.py")], cwd=ROOT, check=False)
     peers = RESULTS / "llm_peers.json"
     if peers.is_file():
-        result["peers"] = json.loads(peers.read_text()).get("peers", {})
+        add_peers(result, peers)
     write_result("llm", result)
     update_readme("llm", table(result))
     print(json.dumps({k: v for k, v in result.items() if k != "ours"}, indent=1, default=str))
+
+
+def add_peers(result: dict, path: Path) -> None:
+    saved = json.loads(path.read_text())
+    result["peers"], result["peers_cpu_kind"] = saved.get("peers", {}), saved.get("cpu_kind")
 
 
 def refresh_readme() -> None:
@@ -235,7 +240,7 @@ def refresh_readme() -> None:
     r = json.loads((RESULTS / "llm.json").read_text())
     peers = RESULTS / "llm_peers.json"
     if peers.is_file():
-        r["peers"] = json.loads(peers.read_text()).get("peers", {})
+        add_peers(r, peers)
     update_readme("llm", table(r))
 
 
@@ -280,8 +285,8 @@ def table(r: dict) -> str:
     fast = {n: p for n, p in r["peers"].items() if run and p.get("speed_run") == run}
     if fast:  # every engine timed in the peers' last run with FP32 in it, ours included (bench/llm_peers.py)
         base = fast["fp32"]["decode_tokens_per_s"]
-        lines += ["", f"Speed, one run of `python bench/llm_peers.py` ({run}; ours timed there with the peers' "
-                  "protocol), sorted by decode speed:", "",
+        lines += ["", f"Speed, one run of `python bench/llm_peers.py` ({run}, {r.get('peers_cpu_kind')}; ours timed "
+                  "there with the peers' protocol), sorted by decode speed:", "",
                   "| engine | perplexity | increase | size MB | TTFT ms | decode tokens/s | x PyTorch FP32 | load |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, p in sorted(fast.items(), key=lambda kv: -kv[1]["decode_tokens_per_s"]):

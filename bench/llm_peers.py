@@ -1048,7 +1048,7 @@ def main() -> None:
         return
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(ROOT))
-    from common import RESULTS, machine, write_result
+    from common import RESULTS, cpu_kind, machine, write_result
 
     if args.model is None:
         from compressor.core.gguf import gguf_folder, model_file
@@ -1075,8 +1075,8 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - one broken peer must not stop the others
             r = {"error": f"{type(e).__name__}: {str(e)[-3000:]}", "traceback": traceback.format_exc()[-4000:]}
         r["measured_at" if not args.speed_only else "speed_measured_at"] = started
-        if "decode_tokens_per_s" in r:  # speeds compare only within one run (the 2 cores' speed drifts)
-            r["speed_run"] = run_id
+        if "decode_tokens_per_s" in r:  # speeds compare only within one run, on one CPU kind (the VM's host
+            r["speed_run"], r["cpu_kind"] = run_id, cpu_kind()  # and its flags can change between runs)
         if name == "autoround":  # a recipe other than its default is an entry of its own
             name = autoround_entry()
         if "error" in r or name not in peers or "error" in peers[name]:

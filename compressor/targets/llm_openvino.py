@@ -76,11 +76,12 @@ class OvLlmSession(Decoder):
         self.path = folder / XML
         self.precision = self.meta["precision"]
         core = ov.Core()
-        # f32: CPUs with AMX would otherwise compute in bf16; no dynamic quantization: on AVX-512 CPUs
-        # OpenVINO would round the activations of compressed-weight layers to int8 by default (8% relative
-        # error on the tiny Llama). Either way the engine would not compute what the model computes.
+        # f32: CPUs with AMX would otherwise compute in bf16. Dynamic quantization (int8 activations per
+        # group of input features) only where the model rounds its activations so (activations: int8,
+        # W8A8), with its block: OpenVINO's default on AVX-512 CPUs would round them for any model (8%
+        # relative error on the tiny Llama). Otherwise the engine would not compute what the model computes.
         config = dict([ov.properties.hint.inference_precision(ov.Type.f32)])
-        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = "0"
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = str(self.meta.get("activation_block", 0))
         if threads:
             config.update([ov.properties.inference_num_threads(threads)])
         config.update(properties or {})

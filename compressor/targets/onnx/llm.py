@@ -102,7 +102,8 @@ def _metadata(model: CausalLM, builder: "_GraphBuilder") -> dict:
     return {"num_layers": builder.num_layers, "num_heads": builder.num_heads, "kv_heads": builder.kv_heads,
             "head_dim": builder.head_dim, "hidden_size": builder.hidden, "vocab_size": builder.vocab,
             "context_length": builder.context, "bos_token_id": cfg.bos_token_id, "eos_token_ids": eos_ids(model),
-            "precision": builder.precision(), "accuracy_level": builder.accuracy_level}
+            "precision": builder.precision(), "accuracy_level": builder.accuracy_level,
+            "activation_block": builder.act_block}
 
 
 def eos_ids(model: CausalLM) -> list[int]:
@@ -184,6 +185,7 @@ class _GraphBuilder:
         self.inits: list[onnx.TensorProto] = []
         self.bits: set[int] = set()
         self.w8a8 = False  # some layers quantize their activations (quantize_w8a8)
+        self.act_block = 0  # the smallest block of features whose activations share an int8 scale
         self.names: set[str] = set()
 
     def precision(self) -> str:
@@ -233,6 +235,8 @@ class _GraphBuilder:
         q, scales, zero_points = (np.concatenate([part[i] for part in parts]) for i in range(3))
         self.bits.add(first.bits)
         self.w8a8 = self.w8a8 or bool(getattr(first, "act_block", 0))
+        if getattr(first, "act_block", 0):  # the finest, for OpenVINO's one dynamic-quantization group size
+            self.act_block = min(self.act_block or first.act_block, first.act_block)
         inputs = [x, self.init(f"{name}.qweight", _pack(q, first.bits)), self.init(f"{name}.scales", scales)]
         if not first.symmetric:  # symmetric: the kernel's default zero point 2^(bits-1) is ours
             inputs.append(self.init(f"{name}.zero_points", _pack(zero_points, first.bits)))
