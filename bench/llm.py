@@ -281,8 +281,9 @@ def table(r: dict) -> str:
                          f"{e['parity']['relative_error']:.2e} | {e['parity']['kld']:.2e} |")
             lines.append(f"| PyTorch FP32 eager (same run) | | | | {e['torch_fp32']['ttft_ms']:.0f} | "
                          f"{e['torch_fp32']['decode_tokens_per_s']:.1f} | 1.0 | | |")
-    run = (r.get("peers") or {}).get("fp32", {}).get("speed_run")
-    fast = {n: p for n, p in r["peers"].items() if run and p.get("speed_run") == run}
+    peers = r.get("peers") or {}
+    run = peers.get("fp32", {}).get("speed_run")
+    fast = {n: p for n, p in peers.items() if run and p.get("speed_run") == run}
     if fast:  # every engine timed in the peers' last run with FP32 in it, ours included (bench/llm_peers.py)
         base = fast["fp32"]["decode_tokens_per_s"]
         lines += ["", f"Speed, one run of `python bench/llm_peers.py` ({run}, {r.get('peers_cpu_kind')}; ours timed "

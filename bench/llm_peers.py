@@ -966,11 +966,9 @@ def peer_ours(b: Bench, target: str) -> dict:
     else:
         from compressor.targets.llm_openvino import OvLlmSession as Session
     engine = Session(folder, threads=THREADS)
-    meta = json.loads((folder / "llm.json").read_text())
     out = {"size_bytes": folder_bytes(*[f for f in folder.iterdir() if f.suffix in (".onnx", ".data", ".bin", ".xml")]),
-           "engine": f"compressor's {target} engine ({engine.provider}), "
-                     "its own decode loop",
-           "notes": f"built by bench/llm.py (precision {meta.get('precision')}); kernels {engine.kernels()}"}
+           "engine": f"compressor's {target} engine ({engine.provider}), its own decode loop",
+           "notes": f"built by bench/llm.py (precision {engine.precision}); kernels {engine.kernels()}"}
     out.update(b.quality(lambda x: engine(x.numpy())))
     ids = b.prompt[0].tolist()
 

@@ -1,7 +1,6 @@
 """The packaged tiny Llama through the whole pipeline: recipe -> GPTQ INT4 -> ONNX Runtime and
 OpenVINO engines with a KV cache -> perplexity, parity, generation speed, gates -> report; then
 `compressor generate` on the engine it built."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -112,8 +111,6 @@ def test_w8a8_engine_computes_what_the_w8a8_model_computes(tmp_path):
     # activation_block), so its engine too sits closer to the W8A8 model than the model to FP32
     from compressor.targets.llm_openvino import OvLlmSession, export_llm_openvino
 
-    if importlib.util.find_spec("openvino") is None:
-        pytest.skip("openvino is not installed")
     ov = OvLlmSession(export_llm_openvino(quantized, tmp_path / "ov").parent, threads=1)
     block = ov.meta["activation_block"]
     assert block > 0 and int(ov.compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == block

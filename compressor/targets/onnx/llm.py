@@ -184,14 +184,13 @@ class _GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.bits: set[int] = set()
-        self.w8a8 = False  # some layers quantize their activations (quantize_w8a8)
-        self.act_block = 0  # the smallest block of features whose activations share an int8 scale
+        self.act_block = 0  # > 0: some layers round their activations to int8 (W8A8), the finest block
         self.names: set[str] = set()
 
     def precision(self) -> str:
         if not self.bits:
             return "fp32"
-        if self.w8a8 and self.bits == {8}:
+        if self.act_block and self.bits == {8}:
             return "int8_w8a8"
         return "_".join(f"int{b}" for b in sorted(self.bits)) + "_weight_only"
 
@@ -234,8 +233,7 @@ class _GraphBuilder:
         parts = [blocks(m) for m in modules]
         q, scales, zero_points = (np.concatenate([part[i] for part in parts]) for i in range(3))
         self.bits.add(first.bits)
-        self.w8a8 = self.w8a8 or bool(getattr(first, "act_block", 0))
-        if getattr(first, "act_block", 0):  # the finest, for OpenVINO's one dynamic-quantization group size
+        if getattr(first, "act_block", 0):  # the finest: OpenVINO takes one dynamic-quantization group size
             self.act_block = min(self.act_block or first.act_block, first.act_block)
         inputs = [x, self.init(f"{name}.qweight", _pack(q, first.bits)), self.init(f"{name}.scales", scales)]
         if not first.symmetric:  # symmetric: the kernel's default zero point 2^(bits-1) is ours
