@@ -52,10 +52,10 @@ def compress(recipe: str | None = None, overrides: list[str] | None = None, outp
 def load_engine(path: str | Path):
     """A callable engine for any built artifact (file, engine folder, or run folder)."""
     path = Path(path)
-    if path.is_dir():
-        readable = {s for name in TARGETS.names() for s in getattr(TARGETS.get(name).obj, "suffixes", ())}
+    readable = {s for name in TARGETS.names() for s in getattr(TARGETS.get(name).obj, "suffixes", ())}
+    if path.is_dir() and path.suffix not in readable:  # a run or engine folder, not a package (.mlpackage)
         candidates = [p for p in sorted((path / "engine").glob("*") if (path / "engine").is_dir() else path.glob("*"))
-                      if p.is_file()]
+                      if p.is_file() or p.suffix in readable]
         # the file a target reads, not its companions (OpenVINO's model.bin sorts before model.xml)
         candidates = [p for p in candidates if p.suffix in readable] or candidates
         report = path / "report.json"
@@ -66,7 +66,7 @@ def load_engine(path: str | Path):
         if not candidates:
             raise UserError(f"no engine file in {path}", key="engine")
         path = candidates[0]
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"engine file not found: {path}", key="engine")
     for name in TARGETS.names():
         target = TARGETS.get(name).obj

@@ -32,12 +32,16 @@ BUILTINS: list[tuple[str, str, str, str | None]] = [
     ("target", "onnxruntime", f"{T}.onnxruntime:OnnxRuntimeTarget", f"{T}.onnxruntime:OnnxRuntimeParams"),
     ("target", "torch_export", f"{T}.torch_export:TorchExportTarget", f"{T}.torch_export:TorchExportParams"),
     ("target", "openvino", f"{T}.openvino:OpenVinoTarget", f"{T}.openvino:OpenVinoParams"),
+    ("target", "executorch", f"{T}.executorch:ExecuTorchTarget", f"{T}.executorch:ExecuTorchParams"),
+    ("target", "litert", f"{T}.litert:LiteRtTarget", f"{T}.litert:LiteRtParams"),
+    ("target", "coreml", f"{T}.coreml:CoreMlTarget", f"{T}.coreml:CoreMlParams"),
 
     ("model", "digits_cnn", f"{M}.digits_cnn:build", f"{M}.digits_cnn:DigitsCNNParams"),
     ("model", "torchvision", f"{M}.torchvision_zoo:build", f"{M}.torchvision_zoo:TorchvisionParams"),
     ("model", "huggingface", f"{M}.huggingface:build", f"{M}.huggingface:HuggingFaceParams"),
     ("model", "timm", f"{M}.timm_zoo:build", f"{M}.timm_zoo:TimmParams"),
     ("model", "efficientnet_lite", f"{M}.efficientnet_lite:build", f"{M}.efficientnet_lite:EfficientNetLiteParams"),
+    ("model", "onnx", f"{M}.onnx_file:build", f"{M}.onnx_file:OnnxParams"),
 
     ("dataset", "digits", f"{D}.digits:build", f"{D}.digits:DigitsParams"),
     ("dataset", "imagefolder", f"{D}.images:build_imagefolder", f"{D}.images:ImageFolderParams"),

@@ -271,13 +271,20 @@ def cmd_ls(argv: list[str]) -> int:
                 table.add_row(n)
         else:
             table = Table(title=kind)
-            for col in ("name", "provider", "description", "params"):
+            for col in ("name", "provider", "description", "params") + (("needs",) if kind == "targets" else ()):
                 table.add_column(col, overflow="fold")
             for name in ALL[kind].names():
                 e = ALL[kind].get(name)
-                table.add_row(name, e.provider, e.doc, describe(e.params))
+                table.add_row(name, e.provider, e.doc, describe(e.params), *([_needs(e)] if kind == "targets" else []))
         out.print(table)
     return EXIT_OK
+
+
+def _needs(entry) -> str:
+    """What a target still needs installed here (its extra), or `ready`."""
+    requires = getattr(entry.obj, "requires", None)
+    missing = [msg for _, msg in (requires(entry.params()) if requires and entry.params else [])]
+    return "; ".join(missing) or "ready"
 
 
 def cmd_bench(argv: list[str]) -> int:

@@ -118,6 +118,21 @@ def latency(fn: Callable[[], object], warmup: int = 10, iters: int = 50) -> dict
     return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
 
 
+def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 10, iters: int = 50) -> dict[str, dict[str, float]]:
+    """`latency` of several functions, run in turn each iteration, so that a change of load on the
+    machine falls on all of them alike (their ratio is what is judged)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(iters):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90))} for k, v in times.items()}
+
+
 def torch_latency(model: nn.Module, example: torch.Tensor, warmup: int, iters: int) -> dict[str, float]:
     model.eval()
     example = as_input(model, example)

@@ -35,6 +35,9 @@ class EvalConfig:
     extra_metrics: List[str] = field(default_factory=list)
     max_drop: Optional[float] = 0.01  # largest allowed absolute drop of the metric (0.01 = 1 point)
     min_speedup: Optional[float] = None  # engine p50 latency vs the baseline PyTorch model's
+    # engine p50 latency vs an FP32 engine of the same target built from the model before the pipeline
+    # (an INT8 edge engine must beat its own runtime's FP32, not PyTorch eager)
+    min_runtime_speedup: Optional[float] = None
     warmup: int = 10
     iters: int = 50
     parity_samples: int = 512  # validation inputs parity is judged on (all of them where the split is smaller)

@@ -201,8 +201,10 @@ def _eval_checks(ev: EvalConfig) -> list[Problem]:
                                       f"registered: {', '.join(METRICS.names())}"))
     if ev.max_drop is not None and not 0 <= ev.max_drop <= 1:
         found.append(Problem("eval.max_drop", f"must be in [0, 1] (0.01 = 1 point), got {ev.max_drop}"))
-    if ev.min_speedup is not None and not ev.min_speedup > 0:  # nan too
-        found.append(Problem("eval.min_speedup", f"must be positive, got {ev.min_speedup}"))
+    for key in ("min_speedup", "min_runtime_speedup"):
+        value = getattr(ev, key)
+        if value is not None and not value > 0:  # nan too
+            found.append(Problem(f"eval.{key}", f"must be positive, got {value}"))
     for key in ("max_ppl_increase", "max_kld"):
         value = getattr(ev, key)
         if value is not None and not value >= 0:

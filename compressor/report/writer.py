@@ -45,6 +45,8 @@ def _nan(v: float | None) -> float:
 
 
 def _fmt_metric(row: dict[str, Any]) -> str:
+    if row.get("not_run"):
+        return "not run"
     return ", ".join(_g(v) if v is None else f"{v:.4f}" for v in (row.get("metric") or {}).values()) or "n/a"
 
 
@@ -139,10 +141,17 @@ def markdown(report: dict[str, Any], plot: str | None) -> str:
         lines += ["", "## Gates", "", "| gate | value | limit | passed |", "|---|---|---|---|"]
         for name, g in report["gates"].items():
             lines.append(f"| {name} | {g['value']} | {g['limit']} | {'yes' if g['passed'] else '**no**'} |")
+    if len(engines(report)) > 1:
+        lines += side_by_side(report)
     for e in engines(report):
         lines += ["", f"## Engine: {e['target']} {e['precision']}", "",
                   f"- file: `{e['path']}` ({e['size_bytes']} bytes), provider {e['provider']}",
-                  parity_line(e["parity"])]
+                  f"- {e['not_run']} (latency, parity and the metric; the engine's folder has what measures them "
+                  "where it runs)" if e.get("not_run") else parity_line(e["parity"])]
+        if e.get("runtime_fp32"):
+            r = e["runtime_fp32"]
+            lines.append(f"- against an FP32 engine of the same target (the model before the pipeline, timed "
+                         f"interleaved): {r['speedup']:.2f}x faster, {r['size_bytes'] / max(e['size_bytes'], 1):.2f}x smaller")
         if e.get("generation"):
             g = e["generation"]
             lines.append(f"- generation (batch 1, {g.get('prompt_len')}-token prompt, {g.get('new_tokens')} new tokens): "
@@ -172,6 +181,25 @@ def markdown(report: dict[str, Any], plot: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def side_by_side(report: dict[str, Any]) -> list[str]:
+    """Every engine of the run in one table: size, latency, parity, the recipe's metric."""
+    metric = (report.get("baseline") or {}).get("metric") or {}
+    name = next(iter(metric), None)
+    lines = ["", "## Engines side by side", "",
+             f"| target | precision | size KiB | p50 ms | vs own FP32 | parity | {name or 'metric'} |", "|---|---|---|---|---|---|---|"]
+    for e in engines(report):
+        if e.get("not_run"):
+            cells = [e["not_run"]] * 4
+        else:
+            par = e["parity"]
+            cells = [f"{e['latency_ms']['p50']:.3f}",
+                     f"{e['runtime_fp32']['speedup']:.2f}x" if e.get("runtime_fp32") else "-",
+                     f"{par.get('statistic')} {_g(par.get('value'))} ({'ok' if par['passed'] else 'failed'})",
+                     _g((e.get("metric") or {}).get(name))]
+        lines.append(f"| {e['target']} | {e['precision']} | {e['size_bytes'] / 1024:.1f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def search_lines(search: dict[str, Any]) -> list[str]:
     """search=budget: every trial with what it changed and what it measured."""
     lines = ["", "## Budget search", "", f"{search['conclusion']}.", "",
@@ -187,7 +215,7 @@ def search_lines(search: dict[str, Any]) -> list[str]:
 
 
 def plot_steps(report: dict[str, Any], path: Path) -> bool:
-    points = rows(report)
+    points = [p for p in rows(report) if not p.get("not_run")]
     if len(points) < 2:
         return False
     import matplotlib

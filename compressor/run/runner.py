@@ -97,6 +97,10 @@ def gates(base: dict[str, Any], eng: dict[str, Any], plan: Plan) -> dict[str, An
         speedup = base["latency_ms"]["p50"] / max(eng["latency_ms"]["p50"], 1e-9)
         out["min_speedup"] = {"limit": plan.eval.min_speedup, "value": round(speedup, 3),
                               "passed": speedup >= plan.eval.min_speedup}
+    if plan.eval.min_runtime_speedup is not None and "runtime_fp32" in eng:
+        speedup = eng["runtime_fp32"]["speedup"]
+        out["min_runtime_speedup"] = {"limit": plan.eval.min_runtime_speedup, "value": speedup,
+                                      "passed": speedup >= plan.eval.min_runtime_speedup}
     base_ppl, eng_ppl = base["metric"].get("perplexity"), eng["metric"].get("perplexity")
     if plan.eval.max_ppl_increase is not None and base_ppl and eng_ppl:
         rise = eng_ppl / base_ppl - 1
@@ -209,6 +213,8 @@ def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: P
             if len(engines) > 1:
                 report["engines"] = engines
             for i, eng in enumerate(engines):  # the first engine's gates keep their plain names
+                if "not_run" in eng:  # nothing measured here to judge (Core ML off Apple systems)
+                    continue
                 for name, g in gates(report["baseline"], eng, plan).items():
                     report["gates"][name if i == 0 else f"{name}@{eng['target']}"] = g
         report["status"] = "ok" if all(g["passed"] for g in report["gates"].values()) else "failed_gate"
@@ -235,6 +241,8 @@ def baseline(pipe: Pipeline) -> nn.Module:
     plan, device, report = pipe.plan, pipe.device, pipe.report
     data = pipe.data = build_data(plan.data, plan.seed)
     model = build_model(plan.model).to(device)
+    if getattr(model, "source_parity", None):  # a model converted from another format, checked against it
+        report["source_parity"] = dict(model.source_parity)
     _check_fits(model, data, device)
     calibrating = calibrating_slots(plan.steps)
     if calibrating and next(iter(data.calib), None) is None:
@@ -334,6 +342,8 @@ def build_engine(pipe: Pipeline, t, model: nn.Module) -> dict[str, Any]:
     engine = t.build().build(model.cpu().eval(), ctx, engine_dir)
     # this target's files: new or replaced (a resumed run rebuilds over a killed run's engine)
     files = [p for p, i in _file_ids(engine_dir).items() if before.get(p) != i]
+    if Path(engine.path).is_dir():  # a package (Core ML): its own files, not the scripts written beside it
+        files = [p for p in files if Path(engine.path) in p.parents]
     pipe.progress.advance(pipe.task)
     pipe.progress.update(pipe.task, description=f"engine {t.kind}: parity, metric, latency")
     example = pipe.data.example_input(1).numpy()
@@ -343,11 +353,19 @@ def build_engine(pipe: Pipeline, t, model: nn.Module) -> dict[str, Any]:
         "path": str(Path(engine.path).relative_to(out_dir)),
         "provider": engine.provider,
         "size_bytes": sum(p.stat().st_size for p in files),
+    }
+    if getattr(engine, "not_run", None):  # built and checked, but its runtime is not on this machine
+        reason = f"not run: {engine.not_run}"
+        pipe.progress.advance(pipe.task)
+        return {**entry, "not_run": reason, "notes": ctx.notes}
+    entry.update({
         **engine_checks(engine, model, pipe.data, plan, pipe.score),
         "latency_ms": measure.latency(lambda: engine(example), plan.eval.warmup, plan.eval.iters),
         "batch_size": 1,
         "notes": ctx.notes,
-    }
+    })
+    if plan.eval.min_runtime_speedup is not None and engine.precision != "fp32":
+        entry["runtime_fp32"] = runtime_fp32(pipe, t, engine, example)
     if hasattr(engine, "generate"):  # a language model: tokens/s of its own decoding loop, and its answers
         entry["generation"] = engine.speed(128, 128)
         tokens = [list(engine.generate(ids, generation.NEW_TOKENS)) for ids in pipe.prompts]
@@ -359,6 +377,24 @@ def build_engine(pipe: Pipeline, t, model: nn.Module) -> dict[str, Any]:
         entry["throughput"] = throughput(engine, pipe.data, plan)
     pipe.progress.advance(pipe.task)
     return entry
+
+
+def runtime_fp32(pipe: Pipeline, t, engine, example: np.ndarray) -> dict[str, Any]:
+    """An FP32 engine of the same target from the model before the pipeline, built in a scratch
+    folder and timed interleaved with `engine` (the same load on both): the speed-up an INT8
+    engine gives over what its runtime does without this pipeline."""
+    import tempfile
+
+    target = t.build()
+    target.params = dataclasses.replace(t.params, precision="fp32")
+    ctx = dataclasses.replace(pipe.ctx, notes={})
+    with tempfile.TemporaryDirectory(dir=pipe.out_dir) as tmp:
+        fp32 = target.build(copy.deepcopy(pipe.ctx.teacher).cpu().eval(), ctx, Path(tmp))
+        size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+        times = measure.interleaved_latency({"engine": lambda: engine(example), "fp32": lambda: fp32(example)},
+                                            pipe.plan.eval.warmup, pipe.plan.eval.iters)
+    return {"latency_ms": times["fp32"], "size_bytes": size,
+            "speedup": round(times["fp32"]["p50"] / max(times["engine"]["p50"], 1e-9), 3)}
 
 
 def _resume(run_dir: Path, plan: Plan, done: int, ctx: Context, report: dict[str, Any]) -> nn.Module:

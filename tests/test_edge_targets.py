@@ -1,0 +1,54 @@
+"""The default digits model, quantized once, sent to the three edge targets in one run: each engine
+really built, ExecuTorch and LiteRT really run (Core ML is built and checked from its spec: it runs
+only on Apple systems); the runtime speed gate against each runtime's own FP32 engine."""
+import pytest
+
+pytest.importorskip("executorch")
+pytest.importorskip("litert_torch")
+pytest.importorskip("coremltools")
+
+from compressor import load_engine  # noqa: E402
+from compressor.api import compress  # noqa: E402
+
+FAST = ["pipeline=[quantize]", "eval.iters=10", "eval.warmup=2"]
+
+
+@pytest.fixture(scope="module")
+def edge_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("edge") / "run"
+    # an impossible speed-up: the gate must refuse every engine that is not that much faster
+    report, _ = compress(None, ["targets=[executorch,litert,coreml]", "eval.min_runtime_speedup=1000", *FAST], out)
+    return report, out
+
+
+def test_one_quantized_model_reaches_the_three_edge_targets(edge_run):
+    report, out = edge_run
+    by = {e["target"]: e for e in report["engines"]}
+    assert list(by) == ["executorch", "litert", "coreml"] and all(e["precision"] == "int8" for e in by.values())
+    for kind in ("executorch", "litert"):  # run here by their own runtimes: metric and parity measured
+        e = by[kind]
+        assert e["parity"]["passed"] and e["metric"]["top1"] > 0.95, (kind, e["parity"], e["metric"])
+        assert e["latency_ms"]["p50"] > 0 and (out / e["path"]).is_file()
+        assert report["gates"][f"parity@{kind}" if kind != "executorch" else "parity"]["passed"]
+    assert by["executorch"]["notes"]["delegated_share"] == 1.0
+    assert by["litert"]["notes"]["float_ops"] == {}  # full integer: nothing left in float
+    core = by["coreml"]
+    assert core["not_run"] == "not run: Core ML runs only on Apple systems"
+    assert "parity" not in core and "metric" not in core and "latency_ms" not in core  # no made-up numbers
+    assert core["notes"]["weight_storage"] and core["notes"]["int8_layers_exact"]
+    assert not any(k.endswith("@coreml") for k in report["gates"])
+    assert (out / "engine" / "measure_on_mac.py").is_file()
+    assert load_engine(out / core["path"]).not_run  # the package reopens (a folder, not a file)
+    md = (out / "report.md").read_text()
+    assert "## Engines side by side" in md and "not run: Core ML runs only on Apple systems" in md
+
+
+def test_runtime_speed_gate_refuses_an_engine_not_faster_than_its_own_fp32(edge_run):
+    report, _ = edge_run
+    assert report["status"] == "failed_gate"
+    for kind in ("executorch", "litert"):
+        e = next(e for e in report["engines"] if e["target"] == kind)
+        r = e["runtime_fp32"]
+        assert r["latency_ms"]["p50"] > 0 and r["size_bytes"] > 3 * e["size_bytes"]  # a real FP32 engine, timed
+        gate = report["gates"]["min_runtime_speedup" if kind == "executorch" else f"min_runtime_speedup@{kind}"]
+        assert gate["value"] == r["speedup"] and not gate["passed"]
