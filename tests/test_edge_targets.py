@@ -52,3 +52,16 @@ def test_runtime_speed_gate_refuses_an_engine_not_faster_than_its_own_fp32(edge_
         assert r["latency_ms"]["p50"] > 0 and r["size_bytes"] > 3 * e["size_bytes"]  # a real FP32 engine, timed
         gate = report["gates"]["min_runtime_speedup" if kind == "executorch" else f"min_runtime_speedup@{kind}"]
         assert gate["value"] == r["speedup"] and not gate["passed"]
+
+
+def test_ls_targets_says_what_each_needs(cli_inproc, monkeypatch):
+    r = cli_inproc("ls", "targets")
+    assert r.returncode == 0
+    rows = {line.split("│")[1].strip(): line for line in r.stdout.splitlines() if line.count("│") > 4}
+    for kind in ("executorch", "litert", "coreml"):
+        assert kind in rows and "ready" in rows[kind]  # installed here (CI installs every extra)
+    # without the package, the target says which extra to install, at validate as in ls
+    from compressor.targets.executorch import ExecuTorchTarget
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "executorch" else object())
+    assert ExecuTorchTarget.requires() == [("", "ExecuTorch is not installed: pip install 'compressor[executorch]'")]

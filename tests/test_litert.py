@@ -63,7 +63,8 @@ def compute_ops(path):
     named = [(ops[max(model.operatorCodes[op.opcodeIndex].builtinCode,
                       model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)], op) for op in graph.operators]
     dequantized = {op.outputs[0]: op.inputs[0] for name, op in named if name == "DEQUANTIZE"}
-    return [(name, types[graph.tensors[op.inputs[0]].type], types[graph.tensors[dequantized.get(op.inputs[1], op.inputs[1])].type])
+    kind = lambda t: types[graph.tensors[t].type]  # noqa: E731
+    return [(name, kind(op.inputs[0]), kind(dequantized.get(op.inputs[1], op.inputs[1])))
             for name, op in named if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
 
 
