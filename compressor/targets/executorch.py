@@ -27,6 +27,7 @@ from torch import nn
 
 from compressor.core.atomic import atomic_path
 from compressor.core.interfaces import Context
+from compressor.core.params import one_of
 from compressor.errors import UserError
 from compressor.modules.quant import QuantWrapper
 
@@ -41,8 +42,6 @@ class ExecuTorchParams:
     threads: int = 0  # XNNPACK's thread pool (process-wide); 0 leaves ExecuTorch's default
 
     def check(self):
-        from compressor.core.params import one_of
-
         yield from one_of(self.precision, ("auto",) + ExecuTorchTarget.precisions, "precision")
         if self.threads < 0:
             yield "threads", f"must be >= 0, got {self.threads}"
