@@ -364,7 +364,7 @@ def build_engine(pipe: Pipeline, t, model: nn.Module) -> dict[str, Any]:
         "batch_size": 1,
         "notes": ctx.notes,
     })
-    if plan.eval.min_runtime_speedup is not None and engine.precision != "fp32":
+    if plan.eval.min_runtime_speedup is not None and engine.precision != "fp32" and hasattr(t.params, "precision"):
         entry["runtime_fp32"] = runtime_fp32(pipe, t, engine, example)
     if hasattr(engine, "generate"):  # a language model: tokens/s of its own decoding loop, and its answers
         entry["generation"] = engine.speed(128, 128)
