@@ -47,7 +47,10 @@ def test_int8_program_runs_the_stages_integers_in_xnnpack(built):
     with torch.no_grad():
         ref = model(x).numpy()  # the fake-quantized PyTorch model the report measures
         rep = pt2e_representation(model)(x).numpy()
-    assert np.array_equal(rep, ref)  # the PT2E form computes exactly what the stage's model does
+    # the PT2E form computes what the stage's model does: both round x / scale to int8 with the same scales
+    # (measured bit-equal on AVX-512); a CPU whose vector kernels round a half the other way moves one
+    # activation by one step, far below one 8-bit step of the output (2^-8)
+    assert np.linalg.norm(rep - ref) / np.linalg.norm(ref) < 2 ** -12
     out = engine(x.numpy())
     # int8 activations: one step is 1/255 of a layer's range; XNNPACK requantizes in fixed point and the
     # logits gain one rounding (their range / 255), a few steps over the network
