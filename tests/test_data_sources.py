@@ -200,7 +200,7 @@ def test_text_sentences(tmp_path, tokenizer_dir):
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(UserError) as e:
         build_data({**section, "path": str(tmp_path / "bad.txt")})
-    assert str(e.value) == f"data.path: cannot read {tmp_path / 'bad.txt'} as UTF-8 text (UnicodeDecodeError)"
+    assert str(e.value) == f"data.path: {tmp_path / 'bad.txt'} is binary data, not a text file"
 
 
 def sentiment_rows(n):
@@ -247,7 +247,7 @@ def test_missing_paths_and_names_are_one_line_each(tmp_path, cli_inproc):
     cases = {
         ("data=tensors", "data.path=/no/such.npz"): "error: data.path: file not found: /no/such.npz",
         ("data=tensors", f"data.path={tmp_path / 'x.npz'}"):
-            f"error: data.path: cannot read {tmp_path / 'x.npz'}: not a .npz (zip) archive",
+            f"error: data.path: {tmp_path / 'x.npz'} is a text file, not a .npz (zip) archive",
         ("data=tensors", f"data.path={tmp_path / 'ok.npz'}"): "error: data.x_key: no array 'x' in",
         ("data=text", "data.path=/no/s.txt", f"data.tokenizer={tmp_path}"): "error: data.path: file not found: /no/s.txt",
         ("data=hf_dataset", "data.train=/no/t.parquet", f"data.tokenizer={tmp_path}"):
@@ -264,9 +264,11 @@ def test_missing_paths_and_names_are_one_line_each(tmp_path, cli_inproc):
 
 
 def test_torchvision_root_without_files(tmp_path):
-    # the root exists (validation passes) but holds no CIFAR10 files: one line when the data is built
+    # the root exists and is not empty (validation passes) but holds no CIFAR10 files: one line when
+    # the data is built
+    (tmp_path / "README").write_text("not a dataset")
     with pytest.raises(UserError) as e:
         build_data({"kind": "torchvision_dataset", "name": "CIFAR10", "root": str(tmp_path)})
     assert str(e.value) == (f"data.root: torchvision's CIFAR10 found no readable files under {tmp_path} "
                             f"(RuntimeError); nothing is downloaded: put the dataset there first")
-    assert not any(tmp_path.iterdir())  # and nothing was written there
+    assert [p.name for p in tmp_path.iterdir()] == ["README"]  # and nothing was written there

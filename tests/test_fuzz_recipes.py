@@ -1,14 +1,18 @@
 """Fuzzing the recipe checks: hundreds of invalid mutations of the packaged default recipe
 (typos in keys, wrong types, extreme values, unknown registry names, removed sections, bad
-pipelines, broken recipe files). Each must be refused before any work: exit 2, only `error: KEY:`
+pipelines, broken recipe files: malformed YAML, empty, binary; model files in another format).
+Each must be refused before any work: exit 2, only `error: KEY:`
 lines naming the mutated key, no traceback, no output folder. Only invalid mutations are made."""
 import dataclasses
+import io
 import random
 import re
 import types
 import typing
 
 import pytest
+import torch
+from safetensors.torch import save as safetensors_bytes
 
 from compressor.core.params import schema
 from compressor.recipe.compose import EvalConfig, RecipeRef, compose_recipe
@@ -152,7 +156,33 @@ FILES = [
     ("defaults:\n  - default\n  - _self_\npipeline: [prune\n", "recipe"),
     ("- just\n- a list\n", "recipe"),
     ("defaults:\n  - default\n  - _self_\neval: {max_drop: [1]}\n", "eval.max_drop"),
+    # malformed YAML: file:line:column
+    ("defaults:\n  - default\n  - _self_\nstages: {prune: {ratio: 0.5}\n", "recipe"),
+    ("defaults:\n  - default\n  - _self_\nmodel:\n  width: 8\n   num_classes: 3\n", "recipe"),
+    ("defaults:\n  - default\n  - _self_\nmodel:\n\twidth: 8\n", "recipe"),
+    ("defaults:\n  - default\n  - _self_\nseed: 'unclosed\n", "recipe"),
+    ("defaults:\n  - default\n  - _self_\nseed: 1\nseed: 2\n", "recipe"),
+    ("defaults:\n  - default\n---\nseed: 1\n", "recipe"),
+    ("defaults: [default, _self_]\nstages: {prune: {ratio: @0.5}}\n", "recipe"),
+    # empty, only comments, not a mapping
+    ("", "recipe"), ("\n\n", "recipe"), ("# a comment\n", "recipe"), ("42\n", "recipe"), ("'text'\n", "recipe"),
+    ("null\n", "recipe"), ("[default]\n", "recipe"),
+    # not text at all
+    (b"\xff\xd8\xff\xe0" + bytes(range(256)), "recipe"), (b"seed: 1\n# caf\xe9\n", "recipe"),
+    (b"\x00" * 64, "recipe"), (safetensors_bytes({"w": torch.zeros(4)}), "recipe"), (b"GGUF" + bytes(60), "recipe"),
 ]
+
+
+def _torch_save(**kwargs) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, buf, **kwargs)
+    return buf.getvalue()
+
+
+# (checkpoint file content, or None for a folder) for `model.checkpoint=ck.safetensors`: none is safetensors
+CHECKPOINTS = [_torch_save(), _torch_save(_use_new_zipfile_serialization=False), b"", b"weights\n", b"\x00" * 64,
+               safetensors_bytes({"w": torch.zeros(64)})[:120], b"GGUF" + bytes(60), b"\x08\x07\x12\x07pytorch",
+               b"PK\x03\x04 not a zip", None]
 
 
 def _assert_refused(proc, key, folder):
@@ -167,7 +197,7 @@ def _assert_refused(proc, key, folder):
 
 
 def test_enough_mutations():
-    assert len(CASES) + len(FILES) >= 200
+    assert len(CASES) + len(FILES) + len(CHECKPOINTS) >= 200
 
 
 @pytest.mark.parametrize("overrides,key", CASES, ids=lambda v: v[0][:60] if isinstance(v, list) else None)
@@ -179,5 +209,16 @@ def test_invalid_override_refused(tmp_path, cli_inproc, overrides, key):
 
 @pytest.mark.parametrize("text,key", FILES)
 def test_invalid_recipe_file_refused(tmp_path, cli_inproc, text, key):
-    (tmp_path / "mutated.yaml").write_text(text)
+    (tmp_path / "mutated.yaml").write_bytes(text if isinstance(text, bytes) else text.encode())
     _assert_refused(cli_inproc("run", "./mutated.yaml"), key, tmp_path)
+    if key == "recipe":  # the file is named in the one line
+        assert "mutated.yaml" in cli_inproc("validate", "./mutated.yaml").stderr
+
+
+@pytest.mark.parametrize("content", CHECKPOINTS, ids=lambda c: repr(c[:12]) if c is not None else "folder")
+def test_checkpoint_in_another_format_refused(tmp_path, cli_inproc, content):
+    path = tmp_path / "ck.safetensors"
+    path.mkdir() if content is None else path.write_bytes(content)
+    proc = cli_inproc("run", "model.checkpoint=ck.safetensors")
+    _assert_refused(proc, "model.checkpoint", tmp_path)
+    assert "ck.safetensors" in proc.stderr

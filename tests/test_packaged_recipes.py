@@ -28,8 +28,11 @@ def test_ls_recipes_lists_the_packaged_ones(cli_inproc):
 
 def test_image_recipes_swap_to_an_image_folder(cli_inproc, tmp_path):
     """What the recipes' comments promise: data=imagefolder data.root=DIR replaces the digits."""
+    from PIL import Image
+
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / cls / "0.png")
     proc = cli_inproc("validate", "resnet18_int8_ort", "data=imagefolder", f"data.root={tmp_path / 'imgs'}",
                       "data.image_size=64", "model.num_classes=2")
     assert proc.returncode == 0, proc.stderr

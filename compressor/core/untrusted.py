@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from compressor.core.files import file_problem
 from compressor.errors import UserError
 
 trust_pickle = False  # set only by `compressor ... --trust-pickle`
@@ -110,6 +111,9 @@ def check_onnx_external_data(path: str | Path, key: str = "engine") -> None:
     from onnx import TensorProto
 
     path = Path(path)
+    problem = file_problem(path, ("onnx",))  # a text file, a pickle, an empty file: said in its own words
+    if problem:
+        raise UserError(problem, key=key)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # not an ONNX protobuf

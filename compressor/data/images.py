@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
+from compressor.core.files import folder_problem
 from compressor.data.common import check_loader
 from compressor.core.interfaces import DataSplits
 
@@ -33,17 +34,31 @@ class ImageFolderParams:
     calibration_size: int = 256
 
     def check(self):
-        root = Path(self.root)
-        if not root.is_dir():
-            yield "root", f"folder not found: {self.root}"
-        elif not any(p.is_dir() for p in root.iterdir()):
-            yield "root", f"{self.root} has no class subfolders"
+        if problem := folder_problem(self.root) or _image_folder_problem(Path(self.root)):
+            yield "root", problem
         if self.image_size < 8:
             yield "image_size", f"must be >= 8, got {self.image_size}"
         yield from check_loader(self)
 
 
+def _image_folder_problem(root: Path) -> str | None:
+    """What torchvision's ImageFolder would refuse: no class subfolders, or a class without images
+    (read from `train/` and `val/` when root has both)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    splits = [root / "train", root / "val"] if (root / "train").is_dir() and (root / "val").is_dir() else [root]
+    for split in splits:
+        classes = sorted(p for p in split.iterdir() if p.is_dir())
+        if not classes:
+            return f"{split} has no class subfolders (one folder of images per class)"
+        for c in classes:
+            if not any(f.suffix.lower() in IMG_EXTENSIONS for f in c.rglob("*")):
+                return f"class folder {c} has no images ({', '.join(IMG_EXTENSIONS)})"
+    return None
+
+
 def build_imagefolder(params: ImageFolderParams, seed: int = 0) -> DataSplits:
+    """Images from a folder of class subfolders (torchvision's ImageFolder), or its train/ and val/."""
     from torchvision import datasets, transforms
 
     tf = transforms.Compose([
@@ -86,6 +101,7 @@ class SyntheticParams:
 
 
 def build_synthetic(params: SyntheticParams, seed: int = 0) -> DataSplits:
+    """Random inputs of a given shape, for calibration and latency only (no metric)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn([params.samples] + list(params.shape), generator=g)
     y = torch.zeros(params.samples, dtype=torch.long)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from compressor.core.files import file_problem
 from compressor.data.common import check_loader, make_splits, split_by_seed
 from compressor.errors import UserError, did_you_mean
 from compressor.core.interfaces import DataSplits
@@ -56,15 +57,12 @@ class TensorsParams:
 
 def _arrays_in(path: str) -> tuple[str | None, list[str]]:
     """(problem, array names): reads only the zip directory of the file."""
-    p = Path(path)
-    if not p.is_file():
-        return f"file not found: {path}", []
-    if p.suffix != ".npz":
+    if problem := file_problem(path, ("zip",)):
+        return problem, []
+    if Path(path).suffix != ".npz":
         return f"must be a .npz file (numpy.savez), got {path}", []
-    if not zipfile.is_zipfile(p):
-        return f"cannot read {path}: not a .npz (zip) archive", []
     try:
-        with np.load(p, allow_pickle=False) as f:
+        with np.load(path, allow_pickle=False) as f:
             return None, list(f.files)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         return f"cannot read {path} as .npz ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", []

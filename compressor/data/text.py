@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 from torch.utils.data import TensorDataset
 
+from compressor.core.files import file_problem
 from compressor.data.common import check_loader, installed, make_splits, split_by_seed
 from compressor.errors import UserError, did_you_mean
 from compressor.core.interfaces import DataSplits
@@ -129,6 +130,8 @@ class HFDatasetParams:
                 yield key, f"must be .csv, .jsonl, .json, .parquet or a save_to_disk folder, got {path}"
             elif p.suffix == ".parquet" and not installed("datasets"):
                 yield key, f"reading .parquet {NEEDS_DATASETS}"
+            elif problem := file_problem(p, ("parquet",) if p.suffix == ".parquet" else ("text",)):
+                yield key, problem
         yield from _check_tokenizer(self)
         yield from check_loader(self)
 
@@ -177,6 +180,7 @@ def _encode(rows: list[dict], p: HFDatasetParams, tokenizer, labels: list) -> Te
 
 
 def build(params: HFDatasetParams, seed: int = 0) -> DataSplits:
+    """Labelled text rows (csv, json lines, parquet or a saved dataset) for classification."""
     tokenizer = _load_tokenizer(params.tokenizer)
     splits = saved_splits(params.train) if Path(params.train).is_dir() else None
     train_rows = read_rows(params.train, params.split, "data.train")
@@ -229,8 +233,8 @@ class TextParams:
     def check(self):
         for key in ("path", "val"):
             path = getattr(self, key)
-            if path is not None and not Path(path).is_file():
-                yield key, f"file not found: {path}"
+            if path is not None and (problem := file_problem(path, ("text",))):
+                yield key, problem
         yield from _check_tokenizer(self)
         yield from check_loader(self)
         yield from one_of(self.mode, MODES, "mode")
@@ -252,6 +256,7 @@ def read_sentences(path: str, key: str) -> list[str]:
 
 
 def build_text(params: TextParams, seed: int = 0) -> DataSplits:
+    """A plain text file: sentences for embedding models, or token windows for causal LMs (mode: lm)."""
     tokenizer = _load_tokenizer(params.tokenizer)
     if params.mode == "lm":
         return _lm_windows(params, tokenizer, seed)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import inspect
 import numbers
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
 
+from compressor.core.files import folder_problem
 from compressor.data.common import check_loader, make_splits, split_by_seed
 from compressor.errors import UserError, did_you_mean
 from compressor.core.interfaces import DataSplits
@@ -63,8 +63,8 @@ class TorchvisionDatasetParams:
         if self.name not in names:
             yield "name", f"torchvision.datasets has no classification dataset '{self.name}'" \
                           f"{did_you_mean(self.name, names)}"
-        if not Path(self.root).is_dir():
-            yield "root", f"folder not found: {self.root} (the {self.name} files must be there; nothing is downloaded)"
+        if problem := folder_problem(self.root):
+            yield "root", f"{problem} (the {self.name} files must be there; nothing is downloaded)"
         if self.image_size is not None and self.image_size < 1:
             yield "image_size", f"must be >= 1, got {self.image_size}"
         if self.channels not in (None, 1, 3):

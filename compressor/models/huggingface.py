@@ -17,6 +17,7 @@ from torch import nn
 
 from compressor.errors import UserError
 from compressor.core.packaged import missing, resolve
+from compressor.core.files import file_problem
 from compressor.core.gguf import model_file
 from compressor.core.params import one_of
 
@@ -42,12 +43,20 @@ class HuggingFaceParams:
         elif where.suffix == ".gguf":
             if self.task != "causal_lm":
                 yield "task", f"a GGUF file holds a causal language model: task must be causal_lm, got {self.task}"
-            elif not where.is_file():
-                yield "path", f"file not found: {self.path}"
+            elif problem := file_problem(where, ("gguf",)):
+                yield "path", problem
             elif importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None:
                 yield "path", f"reading a GGUF file needs the gguf and accelerate packages: {EXTRAS_LM}"
         elif not (where / "config.json").is_file():
             yield "path", f"no Hugging Face model folder (config.json) at {self.path}"
+        else:  # weights load with use_safetensors=True
+            weights = sorted(where.glob("*.safetensors"))
+            if not weights:
+                yield "path", f"no safetensors weights in {self.path}; write them with save_pretrained " \
+                              f"(safe_serialization=True)"
+            for w in weights:
+                if problem := file_problem(w, ("safetensors",)):
+                    yield "path", problem
         if self.num_layers is not None and self.num_layers < 1:
             yield "num_layers", f"must be >= 1, got {self.num_layers}"
 

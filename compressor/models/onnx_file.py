@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -45,6 +44,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper, shape_inference, version_converter
 from torch import nn
 
+from compressor.core.files import file_problem
 from compressor.core.untrusted import check_onnx_external_data
 from compressor.errors import UserError, did_you_mean
 
@@ -70,8 +70,8 @@ class OnnxParams:
             yield "path", "give the ONNX file to compress"
         elif not self.path.lower().endswith(".onnx"):
             yield "path", f"expected an .onnx file, got {self.path}"
-        elif not Path(self.path).is_file():
-            yield "path", f"file not found: {self.path}"
+        elif problem := file_problem(self.path, ("onnx",)):
+            yield "path", problem
         else:
             try:  # the graph alone (no weights): unreadable files, wrong outputs, unsupported ops
                 _cut(_read(self.path, weights=False), self.path, self.output)

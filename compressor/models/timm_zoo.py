@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from torch import nn
 
 from compressor.errors import UserError, did_you_mean
-from compressor.models.torchvision_zoo import load_checkpoint_into
+from compressor.core.files import file_problem
+from compressor.models.torchvision_zoo import CHECKPOINT_FORMATS, load_checkpoint_into
 
 MISSING = "needs the timm package: pip install 'compressor[timm]'"
 
@@ -59,8 +59,8 @@ class TimmParams:
                 yield "name", f"timm has no weights '{self.name}'{did_you_mean(self.name, published)}"
         if self.num_classes < 1:
             yield "num_classes", f"must be >= 1, got {self.num_classes}"
-        if self.checkpoint and not Path(self.checkpoint).is_file():
-            yield "checkpoint", f"file not found: {self.checkpoint}"
+        if self.checkpoint and (problem := file_problem(self.checkpoint, CHECKPOINT_FORMATS)):
+            yield "checkpoint", problem
         if self.pretrained and self.checkpoint:
             yield "pretrained", "give pretrained or checkpoint, not both"
 

@@ -18,7 +18,10 @@ import torch
 from torch import nn
 
 from compressor.errors import UserError, did_you_mean
+from compressor.core.files import file_problem, sniff
 from compressor.core.untrusted import torch_load
+
+CHECKPOINT_FORMATS = ("safetensors", "pytorch")  # a .pt/.pth loads restricted unless --trust-pickle
 
 
 def zoo_names() -> list[str]:
@@ -78,8 +81,8 @@ class TorchvisionParams:
         names = zoo_names()
         if self.name not in names:
             yield "name", f"torchvision has no model '{self.name}'{did_you_mean(self.name, names)}"
-        if self.checkpoint and not Path(self.checkpoint).is_file():
-            yield "checkpoint", f"file not found: {self.checkpoint}"
+        if self.checkpoint and (problem := file_problem(self.checkpoint, CHECKPOINT_FORMATS)):
+            yield "checkpoint", problem
         if self.weights and self.checkpoint:
             yield "weights", "give weights or checkpoint, not both"
         if self.name in VIT_DEFAULTS:
@@ -90,7 +93,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a local file, never through a full pickle unless the command line says
     --trust-pickle (shared by the timm source)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if sniff(path) == "safetensors":  # by content, not name: a safetensors file named model.pt loads too
         from safetensors.torch import load_file
 
         return load_file(str(path))

@@ -14,18 +14,21 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import yaml
 from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import MissingConfigException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from compressor.core.files import FORMATS, sniff
 from compressor.core.params import schema
-from compressor.errors import Problem, UserError, did_you_mean
+from compressor.errors import Problem, UserError, did_you_mean, short
 from compressor.registry import DATASETS, MODELS, STAGES, TARGETS
 
 RECIPES_MODULE = "compressor.recipes"
+OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic"
 DEFAULT_RECIPE = "default"
 
 
@@ -132,7 +135,12 @@ def locate(arg: Optional[str]) -> RecipeRef:
         return RecipeRef(DEFAULT_RECIPE)
     if arg.endswith((".yaml", ".yml")) or "/" in arg or "\\" in arg:
         path = Path(arg).expanduser()
-        if path.suffix not in (".yaml", ".yml"):
+        if path.is_dir():
+            raise UserError(f"{arg} is a folder: give a recipe file (.yaml) in it", key="recipe")
+        if path.suffix != ".yaml" and path.is_file():  # e.g. a checkpoint; Hydra reads <name>.yaml files only
+            hint = f"rename it to {path.stem}.yaml" if path.suffix == ".yml" else "a recipe is a .yaml file"
+            raise UserError(f"{arg} is not read as a recipe: {hint}", key="recipe")
+        if path.suffix != ".yaml":
             path = path.with_suffix(".yaml")
         if not path.is_file():
             raise UserError(f"recipe file not found: {arg}", key="recipe")
@@ -159,9 +167,82 @@ def _initialize(ref: RecipeRef):
     return initialize_config_dir(config_dir=ref.source, version_base="1.3", job_name="compressor")
 
 
+def shown(path: str | Path) -> str:
+    """A path as a message shows it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def yaml_problem(path: str | Path, e: Exception) -> Problem:
+    """A YAML error as one line: file:line:column, what the parser found, where its context began."""
+    mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    where = f"{shown(path)}:{mark.line + 1}:{mark.column + 1}" if mark else shown(path)
+    what = getattr(e, "problem", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+    started = f" ({e.context} at {context.line + 1}:{context.column + 1})" if context and e.context else ""
+    return Problem("recipe", f"{where}: YAML syntax error: {what}{started}; fix the YAML at that place")
+
+
+def recipe_file_problem(ref: RecipeRef) -> Optional[Problem]:
+    """A user's recipe file that is not a YAML mapping (binary, empty, a syntax error, a list), as
+    one line naming the file, before Hydra reads it (its messages name neither file nor line)."""
+    if ref.source.startswith("pkg://"):
+        return None
+    path = Path(ref.source) / f"{ref.name}.yaml"
+    name = shown(path)
+    try:
+        found = sniff(path) if path.stat().st_size else "text"
+        if found == "binary":
+            return Problem("recipe", f"{name} is not UTF-8 text: a recipe is a YAML text file")
+        if found != "text":
+            return Problem("recipe", f"{name} is {FORMATS[found]}, not a YAML recipe (a text file)")
+        text = path.read_text(encoding="utf-8")  # sniff read 4 KB: a bad byte may come later
+        doc = yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        return Problem("recipe", f"{name} is not UTF-8 text (byte {e.start}): a recipe is a YAML text file")
+    except yaml.YAMLError as e:
+        return yaml_problem(path, e)
+    except OSError as e:
+        return Problem("recipe", f"cannot read {name}: {e.strerror or type(e).__name__}")
+    if doc is None:
+        what = "is empty" if not text.strip() else "holds only comments"
+        return Problem("recipe", f"{name} {what}: a recipe is a YAML mapping naming model, data and target; start "
+                                 f"from a packaged one (compressor ls recipes) or with defaults: [default, _self_]")
+    if not isinstance(doc, dict):
+        kind = "a list" if isinstance(doc, list) else f"a single value ({short(doc, 40)})"
+        return Problem("recipe", f"{name}: the top level is {kind}, not a mapping: a recipe is keys such as "
+                                 f"defaults:, model:, data:, stages:, target:")
+    return None
+
+
+def override_problems(overrides: list[str]) -> tuple[list[str], list[Problem]]:
+    """Each override parsed alone: a malformed one is one line naming it with Hydra's reason, and
+    is left out so that the others are still checked. Returns (the well-formed ones, problems)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, good, problems = OverridesParser.create(), [], []
+    for line in overrides:
+        try:
+            parsed = parser.parse_override(line)
+        except HydraException as e:  # the reason, then a link to the grammar
+            lines = [x for x in str(e).splitlines() if x.strip() and not x.startswith(("See ", "Error parsing"))]
+            reason = f"{lines[0] if lines else type(e).__name__} (override syntax: {OVERRIDE_GRAMMAR})"
+            problems.append(Problem(_override_key(line) or "override", f"cannot parse '{line}': {reason}"))
+            continue
+        if not parsed.key_or_group:
+            problems.append(Problem("override", f"'{line}' names no key: write KEY=VALUE, e.g. stages.prune.ratio=0.3"))
+            continue
+        good.append(line)
+    return good, problems
+
+
 def compose_recipe(ref: RecipeRef, overrides: list[str]) -> tuple[Optional[DictConfig], list[Problem]]:
     """Compose with Hydra. A bad override is recorded and dropped, and composing goes on,
     so one call reports every override problem at once."""
+    problem = recipe_file_problem(ref)
+    if problem is not None:
+        return None, [problem]
     problems: list[Problem] = []
     overrides = list(overrides)
     for _ in range(len(overrides) + 1):
@@ -196,8 +277,6 @@ def _composes(ref: RecipeRef, overrides: list[str]) -> bool:
 def _default_package(ref: RecipeRef, missing: str) -> Optional[str]:
     """The key a recipe's defaults entry fills (`/stage@stages.prune: nosuch` -> stages.prune),
     for an option that does not exist; None if the recipe file has no such entry."""
-    import yaml
-
     source = ref.source
     root = resources.files(source[len("pkg://"):]) if source.startswith("pkg://") else Path(source)
     try:
@@ -215,6 +294,10 @@ def _default_package(ref: RecipeRef, missing: str) -> Optional[str]:
 def _explain(e: Exception, overrides: list[str]) -> tuple[Problem, Optional[str]]:
     """One line for a composition error, and the override that caused it (if any)."""
     msg = str(e)
+    marked = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, yaml.MarkedYAMLError)), None)
+    if marked is not None:  # a file of the recipe's tree (its defaults) that is not valid YAML
+        mark = marked.problem_mark or marked.context_mark
+        return yaml_problem(mark.name if mark else "recipe", marked), None
     if isinstance(e, MissingConfigException) and e.missing_cfg_file:
         missing = e.missing_cfg_file
         group, _, option = missing.rpartition("/")

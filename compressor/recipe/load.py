@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from compressor.core.safety import unsafe_keys
 from compressor.errors import Problem, UserError
-from compressor.recipe.compose import compose_recipe
+from compressor.recipe.compose import compose_recipe, override_problems
 from compressor.recipe.plan import make_plan
 
 _ABSENT = object()
@@ -38,7 +38,8 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
 
 def check(ref, overrides: list[str], multirun: bool = False):
     """Compose and validate; returns the plans or raises UserError with every problem."""
-    problems, plans = [], []
+    overrides, problems = override_problems(overrides)
+    plans = []
     for variant in sweep_variants(overrides) if multirun else [overrides]:
         cfg, found = compose_recipe(ref, variant)
         if cfg is not None:  # bad overrides were dropped: check the rest too, to report all at once
