@@ -35,6 +35,21 @@ def test_one_recipe_builds_and_reports_several_engines(two_engines):
     assert "## Engine: onnxruntime fp32" in md and "## Engine: torch_export fp32" in md
 
 
+def test_several_engines_print_a_table_legible_at_80_columns(two_engines):
+    import os
+
+    from rich.console import Console
+
+    from compressor.report.writer import print_table
+
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    print_table(load_report(two_engines), console)
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 and "…" not in line for line in lines), "\n".join(lines)
+    assert any("onnxruntime fp32" in line for line in lines) and any("torch_export fp32" in line for line in lines)
+    assert any(line.startswith("gate parity@torch_export: ") for line in lines)
+
+
 def test_exported_program_reloads_with_a_dynamic_batch(two_engines):
     engine = load_engine(two_engines / "engine" / "model.pt2")
     assert engine.precision == "fp32" and engine.provider == "torch.export:cpu"

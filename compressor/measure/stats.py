@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from compressor.core.progress import tracked
 from compressor.measure import lm
 from compressor.modules.quant import QuantEmbedding, QuantWrapper, WeightOnly, as_input
 from compressor.registry import METRICS
@@ -106,26 +107,26 @@ def _rss() -> int:
         return 0
 
 
-def latency(fn: Callable[[], object], warmup: int = 10, iters: int = 50) -> dict[str, float]:
-    """p50/p90 wall time of `fn` in milliseconds, after warm-up."""
-    for _ in range(warmup):
-        fn()
+def latency(fn: Callable[[], object], warmup: int = 10, iters: int = 50, progress=None) -> dict[str, float]:
+    """p50/p90 wall time of `fn` in milliseconds, after warm-up (a progress task over both, if given)."""
     times = []
-    for _ in range(iters):
+    for i in tracked(progress, range(warmup + iters), "timing", warmup + iters):
         t = time.perf_counter()
         fn()
-        times.append((time.perf_counter() - t) * 1e3)
+        if i >= warmup:
+            times.append((time.perf_counter() - t) * 1e3)
     return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
 
 
-def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 10, iters: int = 50) -> dict[str, dict[str, float]]:
+def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 10, iters: int = 50,
+                        progress=None) -> dict[str, dict[str, float]]:
     """`latency` of several functions, run in turn each iteration, so that a change of load on the
     machine falls on all of them alike (their ratio is what is judged)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(iters):
+    for _ in tracked(progress, range(iters), "timing against FP32", iters):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
@@ -133,11 +134,11 @@ def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 10, 
     return {k: {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90))} for k, v in times.items()}
 
 
-def torch_latency(model: nn.Module, example: torch.Tensor, warmup: int, iters: int) -> dict[str, float]:
+def torch_latency(model: nn.Module, example: torch.Tensor, warmup: int, iters: int, progress=None) -> dict[str, float]:
     model.eval()
     example = as_input(model, example)
     with torch.inference_mode():
-        return latency(lambda: model(example), warmup, iters)
+        return latency(lambda: model(example), warmup, iters, progress)
 
 
 def predict_torch(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], np.ndarray]:

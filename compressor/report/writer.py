@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from compressor.core.atomic import atomic_path, write_json, write_text
@@ -73,18 +75,72 @@ COLUMNS = [("metric", "metric"), ("params", "params"), ("macs", "MACs"), ("size_
            ("latency_ms", "p50 ms"), ("seconds", "seconds")]
 
 
+def _sig(v: float | None, digits: int = 3) -> str:
+    """`digits` significant digits, no exponent below 10**digits (23.1, 0.123, 1234)."""
+    if v is None:
+        return "n/a"
+    return f"{v:.{digits}g}" if abs(v) < 10 ** digits - 0.5 else f"{v:.0f}"
+
+
+def _si(v: float, units: tuple[str, ...] = ("", "k", "M", "G", "T"), step: float = 1000.0) -> str:
+    """57634 -> 57.6k, 1.82e9 -> 1.82G; with units and step 1024, bytes -> KiB, MiB, ..."""
+    for unit in units:
+        if abs(v) < 999.5 or unit == units[-1]:
+            return f"{_sig(v)}{unit}"
+        v /= step
+    return ""  # not reached
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    """One cell of the terminal table: short, with the full value in report.json."""
+    if key.startswith("metric:"):
+        metric = row.get("metric") or {}
+        if row.get("not_run") or key[7:] not in metric:
+            return "not run" if row.get("not_run") else "-"
+        v = metric[key[7:]]  # 4 significant digits, trailing zeros kept so the column lines up
+        return "n/a" if v is None else f"{v:#.4g}".rstrip(".")
+    v = row.get(key)
+    if v is None:
+        return "-"
+    if key == "size_bytes":
+        return _si(v, (" B", " KiB", " MiB", " GiB", " TiB"), 1024.0)
+    if key == "latency_ms":
+        return _sig(v["p50"])
+    return _si(v) if key in ("params", "macs") else _sig(v)
+
+
+def _gate_value(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def terminal_table(report: dict[str, Any], console: Console) -> Table:
+    """The run's table for the console's width: the columns that fit, in the order below,
+    dropping seconds, MACs, the extra metrics, then params while a row would not fit on one line
+    (report.md and report.json keep them all)."""
+    names = list((report.get("baseline") or {}).get("metric") or {}) or \
+        list(next((r.get("metric") for r in rows(report) if r.get("metric")), None) or {}) or ["metric"]
+    columns = [(f"metric:{n}", n) for n in names] + [("params", "params"), ("macs", "MACs"), ("size_bytes", "size"),
+                                                      ("latency_ms", "p50 ms"), ("seconds", "seconds")]
+    drop = ["seconds", "macs"] + [f"metric:{n}" for n in reversed(names[1:])] + ["params"]
+    while True:
+        table = Table(title=f"{report['recipe']}: {report['status']}", box=box.SIMPLE_HEAD, show_edge=False)
+        table.add_column("step", no_wrap=True)
+        table.add_column("what")  # wraps between target and precision when the width is short
+        for _, title in columns:
+            table.add_column(title, justify="right", no_wrap=True)
+        for row in rows(report):
+            table.add_row(row["step"], row["what"], *[_cell(row, k) for k, _ in columns])
+        if not drop or console.measure(table, options=console.options.update_width(1000)).maximum <= console.width:
+            return table
+        gone = drop.pop(0)
+        columns = [c for c in columns if c[0] != gone]
+
+
 def print_table(report: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"{report['recipe']}: {report['status']}")
-    table.add_column("step", no_wrap=True)
-    table.add_column("what", no_wrap=True)
-    for key, title in COLUMNS:
-        table.add_column(_metric_title(report) if key == "metric" else title, justify="right", no_wrap=True)
-    for row in rows(report):
-        table.add_row(row["step"], row["what"], *[_fmt_metric(row) if k == "metric" else _fmt(row, k) for k, _ in COLUMNS])
-    console.print(table)
+    console.print(terminal_table(report, console))
     for name, g in report.get("gates", {}).items():
         mark = "[green]passed[/]" if g["passed"] else "[red]FAILED[/]"
-        console.print(f"gate {name}: {g['value']} (limit {g['limit']}) {mark}")
+        console.print(f"gate {escape(name)}: {_gate_value(g['value'])} (limit {escape(_gate_value(g['limit']))}) {mark}")
     for line in training_lines(report):
         console.print(line, markup=False)
     # an error is printed once, by the command line, after this table

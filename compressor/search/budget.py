@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
+from compressor.core import quiet
 from compressor.core.atomic import write_json, write_text
 from compressor.errors import UserError
 
@@ -61,7 +62,7 @@ def budget_search(cfg: DictConfig, recipe: str, out_dir: Path, console: Console)
     from hydra.core.hydra_config import HydraConfig
 
     from compressor.recipe.plan import make_plan
-    from compressor.run.runner import run
+    from compressor.run.runner import progress_bar, run
 
     base = [o for o in HydraConfig.get().overrides.task if not o.split("=", 1)[0].lstrip("+~").startswith("search")]
     plan = make_plan(cfg, recipe)
@@ -105,12 +106,18 @@ def budget_search(cfg: DictConfig, recipe: str, out_dir: Path, console: Console)
             console.print(f"{label}: {trial['status']} ({escape(trial['error'])})")
         _write(out_dir, trials, best, report if better else None, plan)
 
-    attempt({})
-    for key, values in space:
-        for value in values:
-            if len(trials) >= cfg.search.max_trials:
-                break
-            attempt({**chosen, key: value})
+    console.file = quiet.terminal(console.file)  # the bar reaches the terminal while a trial captures 1 and 2
+    with progress_bar(console) as progress:  # each trial runs with a quiet console: the search has the bar
+        task = progress.add_task("budget search", total=min(cfg.search.max_trials, 1 + sum(len(v) for _, v in space)))
+        attempt({})
+        progress.advance(task)
+        for key, values in space:
+            for value in values:
+                if len(trials) >= cfg.search.max_trials:
+                    break
+                progress.update(task, description=f"budget search: {key}={value}")
+                attempt({**chosen, key: value})
+                progress.advance(task)
     return _write(out_dir, trials, best, None, plan, console)
 
 

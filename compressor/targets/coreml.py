@@ -20,10 +20,8 @@ the package with reference inputs and the PyTorch outputs on them (`reference.np
 them on a Mac."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
-import io
 import logging
 import math
 import os
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.core import quiet
 from compressor.core.atomic import atomic_path, write_text
 from compressor.core.interfaces import Context
 from compressor.core.params import one_of
@@ -112,19 +111,6 @@ def import_coremltools():
     finally:
         log.setLevel(level)
     return coremltools
-
-
-@contextlib.contextmanager
-def _quiet(log: logging.Logger):
-    """coremltools draws tqdm progress bars on stderr for each conversion step; the run has its own
-    progress. What was written goes to the debug log."""
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(buffer):
-            yield
-    finally:
-        if buffer.getvalue().strip():
-            log.debug("coremltools: %s", buffer.getvalue().replace("\r", "\n").strip()[-2000:])
 
 
 def _dequantize_ops():
@@ -337,7 +323,7 @@ class CoreMlTarget:
         with torch.no_grad():
             program = torch.export.export(plain, (example,), strict=False).run_decompositions({})
         try:
-            with _quiet(ctx.log):
+            with quiet.Captured("coremltools"):  # its tqdm bars per conversion step: into the log file
                 mlmodel = ct.convert(program, convert_to="mlprogram",
                                      minimum_deployment_target=getattr(ct.target, p.minimum_deployment_target),
                                      compute_precision=ct.precision.FLOAT16 if p.compute_precision == "fp16"

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.core import quiet
 from compressor.core.atomic import atomic_path
 from compressor.core.interfaces import Context
 from compressor.core.params import one_of
@@ -213,7 +214,8 @@ class ExecuTorchEngine:
             from executorch.extension.pybindings import portable_lib
 
             portable_lib._unsafe_reset_threadpool(threads)
-        self.method = Runtime.get().load_program(self.path).load_method("forward")
+        with quiet.Captured("executorch"):  # the runtime's cpuinfo lines on descriptor 2: into the log file
+            self.method = Runtime.get().load_program(self.path).load_method("forward")
         meta = self.method.metadata.input_tensor_meta(0)
         self.input_shape = [-1] + list(meta.sizes())[1:]
         self.input_dtype = np.float32
@@ -265,6 +267,7 @@ class ExecuTorchTarget:
             raise UserError(MISSING, key="engine")
         from executorch.runtime import Runtime
 
-        program = Runtime.get().load_program(Path(path))  # ours records its precision; others: fp32 assumed
-        int8 = "int8" in program.method_names and program.load_method("int8").execute([])[0]
+        with quiet.Captured("executorch"):
+            program = Runtime.get().load_program(Path(path))  # ours records its precision; others: fp32 assumed
+            int8 = "int8" in program.method_names and program.load_method("int8").execute([])[0]
         return ExecuTorchEngine(path, "int8" if int8 else "fp32")

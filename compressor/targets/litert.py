@@ -35,12 +35,8 @@ import collections
 import contextlib
 import copy
 import importlib.util
-import logging
 import os
 import re
-import sys
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.core import quiet
 from compressor.core.atomic import atomic_path
 from compressor.core.interfaces import Context
 from compressor.core.params import one_of
@@ -62,7 +59,6 @@ SAME_SCALE = ("PAD", "TRANSPOSE", "RESHAPE", "MAX_POOL_2D", "AVERAGE_POOL_2D", "
               "SPLIT", "RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR", "MIRROR_PAD", "SPACE_TO_DEPTH")
 EDGE_OPS = ("QUANTIZE", "DEQUANTIZE")  # float input/output at the edges of an int8 graph, not compute
 BIAS_BITS = 30  # int32 bias with one bit of headroom: bias / (input scale * weight scale) < 2^30
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,40 +75,17 @@ class LiteRtParams:
 @contextlib.contextmanager
 def _quiet():
     """litert-torch, the LiteRT converter and interpreter and ai-edge-quantizer print progress bars
-    and C++ INFO lines: captured here (Python's stdout/stderr and file descriptors 1 and 2, which
-    C++ writes to), then logged, at debug level, or as an error when the block raised."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
+    and C++ INFO lines (to descriptors 1 and 2): into the run's log file (core/quiet.py)."""
     progress = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"  # litert-torch's own switch for its progress lines
-    failed = True
-    with tempfile.TemporaryFile() as f, open(f.fileno(), "w", closefd=False) as text, \
-            contextlib.redirect_stdout(text), contextlib.redirect_stderr(text), \
-            warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
+    try:
+        with quiet.Captured("litert"):
             yield
-            failed = False
-        finally:
-            text.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            if progress is None:
-                del os.environ["LITERT_TORCH_SHOW_PROGRESS"]
-            else:
-                os.environ["LITERT_TORCH_SHOW_PROGRESS"] = progress
-            f.seek(0)
-            out = f.read().decode(errors="replace").strip()
-            if out:
-                log.log(logging.ERROR if failed else logging.DEBUG, "litert output:\n%s", out[-8000:])
-            for w in caught:  # the calibrator's own note that it keeps every tensor is expected
-                if "experimental_preserve_all_tensors" not in str(w.message):
-                    log.warning("%s: %s", w.category.__name__, w.message)
+    finally:
+        if progress is None:
+            del os.environ["LITERT_TORCH_SHOW_PROGRESS"]
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = progress
 
 
 def _names(enum) -> dict[int, str]:

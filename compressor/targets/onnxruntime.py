@@ -12,6 +12,7 @@ import onnx
 from torch import nn
 
 from compressor.errors import UserError
+from compressor.core import quiet
 from compressor.core.interfaces import Context
 from compressor.core.params import one_of
 from compressor.models.causal_lm import is_causal_lm
@@ -54,7 +55,8 @@ class OrtEngine:
         if wanted not in ort.get_available_providers():
             raise UserError(f"ONNX Runtime here has no {wanted} (available: {ort.get_available_providers()})",
                             key="target.provider")
-        self.session = ort.InferenceSession(str(self.path), so, providers=[wanted])
+        with quiet.Captured("onnxruntime"):  # its C++ warnings on descriptor 2 (below ERROR): into the log file
+            self.session = ort.InferenceSession(str(self.path), so, providers=[wanted])
         self.provider = self.session.get_providers()[0]
         if self.provider != wanted:  # ORT falls back to CPU silently; we do not
             raise UserError(f"asked for {wanted} but ONNX Runtime ran {self.provider}", key="target.provider")

@@ -16,6 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from compressor.errors import UserError
 from compressor.core.interfaces import Context
+from compressor.core.progress import tracked
 from compressor.core.params import one_of
 from compressor.modules.quant import OBSERVERS, QUANTIZABLE, MinMaxObserver, QuantWrapper, needs_reduce_range
 from compressor.stages.select import without
@@ -140,9 +141,8 @@ class QuantizeInt8:
             wrappers.append(w)
         seen = 0
         with torch.no_grad():
-            for i, (x, _) in enumerate(ctx.data.calib):
-                if i >= p.calibration_batches:
-                    break
+            for (x, _), _ in tracked(ctx.progress, zip(ctx.data.calib, range(p.calibration_batches)), "calibrating",
+                                     p.calibration_batches):
                 model(x.to(ctx.device))
                 seen += len(x)
         if seen == 0:
@@ -157,7 +157,8 @@ class QuantizeInt8:
                 w.set_out_range(*w.out_observer.range())
             w.set_weight_scale()
             w.observer = w.out_observer = None
-        batches = (x for (x, _), _ in zip(ctx.data.calib, range(p.calibration_batches)))  # the calibration batches again
+        batches = (x for (x, _), _ in tracked(ctx.progress, zip(ctx.data.calib, range(p.calibration_batches)),
+                                              "bias correction", p.calibration_batches))  # the calibration batches again
         shifts = correct_bias(model, batches, ctx.device) if p.bias_correction else {}
         if shifts:
             ctx.notes["bias_correction_mean_abs_shift"] = round(

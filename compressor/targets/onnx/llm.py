@@ -46,6 +46,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from compressor.core import quiet
 from compressor.errors import UserError
 from compressor.models.causal_lm import CausalLM
 from compressor.modules.quant import WeightOnly
@@ -538,7 +539,8 @@ class LlmSession(Decoder):
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        with quiet.Captured("onnxruntime"):
+            self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         self.provider = self.session.get_providers()[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.past_names = [f"past_key_values.{i}.{p}" for i in range(self.meta["num_layers"]) for p in ("key", "value")]
