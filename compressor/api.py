@@ -35,15 +35,15 @@ def compress(recipe: str | None = None, overrides: list[str] | None = None, outp
     write_text(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(plan.config))
     write_text(out / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
     write_text(out / ".hydra" / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": cfg.hydra})))
+    # on the root logger, as Hydra's: compressor.log holds our records and other libraries' (core/quiet.py)
     handler = logging.FileHandler(out / "compressor.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    log = logging.getLogger("compressor")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("compressor").setLevel(logging.INFO)
     try:
         report = run(plan, out, Console(quiet=True))
     finally:
-        log.removeHandler(handler)
+        logging.getLogger().removeHandler(handler)
         handler.close()
     engine = load_engine(out / report["engine"]["path"]) if report.get("engine") else None
     return report, engine
@@ -68,10 +68,21 @@ def load_engine(path: str | Path):
         path = candidates[0]
     if not path.exists():
         raise UserError(f"engine file not found: {path}", key="engine")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes): build the engine again (compressor run)", key="engine")
     for name in TARGETS.names():
         target = TARGETS.get(name).obj
         if path.suffix in getattr(target, "suffixes", ()):
-            return target.load(path)
+            try:
+                return target.load(path)
+            except UserError:
+                raise
+            except Exception as e:  # a runtime's own multi-line message for a damaged or wrong file
+                lines = [x.strip() for x in str(e).splitlines() if x.strip()] or [""]
+                # the first line that says something: not a heading such as "Exception from core.cpp:84:"
+                reason = next((x for x in lines if not x.endswith(":")), lines[0])[:300]
+                raise UserError(f"{path}: not a valid {path.suffix} engine ({type(e).__name__}: {reason})",
+                                key="engine") from e
     raise UserError(f"no registered target reads '{path.suffix}' files ({path})", key="engine")
 
 
@@ -109,6 +120,14 @@ def bench_engine(path: str | Path, batch: int = 32, warmup: int = 10, iters: int
            else rng.standard_normal([1] + shape[1:])).astype(getattr(engine, "input_dtype", np.float32))
     many = np.repeat(one, batch, axis=0)
     lat = latency(lambda: engine(one), warmup, iters)
+    fixed = engine.input_shape[0] if engine.input_shape and isinstance(engine.input_shape[0], int) else None
+    try:
+        engine(many)
+    except Exception as e:  # a file exported with a fixed batch (another tool's ONNX) refuses other batches
+        if fixed and fixed != batch:
+            raise UserError(f"{engine.path} takes a fixed batch of {fixed}, not {batch}: give --batch {fixed}",
+                            key="bench") from e
+        raise
     t = time.perf_counter()
     runs = max(3, iters // 5)
     for _ in range(runs):

@@ -5,9 +5,14 @@ sit flat in the recipe section beside the component's own (`stages.distill.lr`, 
 and each key is declared once, in the settings class."""
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import functools
+import inspect
+import io
+import textwrap
+import tokenize
 import typing
 from typing import Any
 
@@ -101,18 +106,54 @@ def _type_name(cls: type, name: str) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def describe(cls: type | None) -> str:
-    """'ratio: float = 0.5, scope: str = global' for `compressor ls`."""
+def keys(cls: type | None) -> list[tuple[str, str, Any, str]]:
+    """(recipe key, type, default, help) of each key of `cls`, for `compressor ls KIND NAME`. Defaults
+    as a recipe writes them ("???": required). Help: a field's metadata["help"], else the `# comment`
+    that documents it in the source (on its line, or the comment lines just above it)."""
     if cls is None:
-        return ""
-    cls = schema(cls)
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "???")
-        out.append(f"{f.name}: {getattr(hints[f.name], '__name__', str(hints[f.name]).replace('typing.', ''))} = {default}")
-    return ", ".join(out)
+        return []
+    helps: dict[str, str] = {}
+    for part in [type(f.default_factory()) for f in dataclasses.fields(cls) if f.metadata.get("flat")] + [cls]:
+        for c in reversed(part.__mro__):
+            if dataclasses.is_dataclass(c):
+                helps.update(_comments(c))
+                helps.update({f.name: f.metadata["help"] for f in dataclasses.fields(c) if "help" in f.metadata})
+    flat_keys = schema(cls)
+    defaults = OmegaConf.to_container(OmegaConf.structured(flat_keys))
+    hints = typing.get_type_hints(flat_keys)
+    return [(f.name, type_name(hints[f.name]), defaults[f.name], helps.get(f.name, ""))
+            for f in dataclasses.fields(flat_keys)]
+
+
+def type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+@functools.cache
+def _comments(cls: type) -> dict[str, str]:
+    """Field name -> the comment documenting it in the class body ({} when the source is not there)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+        tree = ast.parse(source)
+        comments = {t.start[0]: t.string.lstrip("#").strip()
+                    for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):  # built at run time, or no source shipped
+        return {}
+    lines = source.splitlines()
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    out = {}
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        beside = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        above, n = [], node.lineno - 1
+        while n in comments and lines[n - 1].lstrip().startswith("#"):  # a block of whole-line comments
+            above.insert(0, comments[n])
+            n -= 1
+        text = " ".join(beside or above)
+        if text:
+            out[node.target.id] = text
+    return out
 
 
 def one_of(value: Any, choices, name: str):

@@ -4,9 +4,11 @@ The runner knows no stage or target by name; it measures the same things after e
 so the report can say what each one cost and gained."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
+import os
 import random
 import re
 import shutil
@@ -18,11 +20,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.file_proxy import FileProxy
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from compressor.core import distributed
+from compressor.core import distributed, quiet
 from compressor.measure import generation, lm_parity, parity
 from compressor.measure import stats as measure
 from compressor.core.atomic import remove_leftovers
@@ -33,6 +37,7 @@ from compressor.core.interfaces import Context, DataSplits, Handoff
 from compressor.models import build_model
 from compressor.models.causal_lm import is_causal_lm
 from compressor.recipe.plan import Plan, calibrating_slots, not_bit_exact
+from compressor.run.environment import facts
 from compressor.registry import lower_is_better
 from compressor.report.writer import write_outputs
 from compressor.core.state import load_state, rng_state, save_state, set_rng_state
@@ -45,7 +50,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def snapshot(model: nn.Module, data: DataSplits, plan: Plan, device: torch.device, score) -> dict[str, Any]:
+def snapshot(model: nn.Module, data: DataSplits, plan: Plan, device: torch.device, score, progress=None) -> dict[str, Any]:
     """Metric, parameters, MACs, size and PyTorch latency of a model, as the report shows them."""
     model.eval().to(device)
     example = data.example_input(1).to(device)
@@ -55,7 +60,7 @@ def snapshot(model: nn.Module, data: DataSplits, plan: Plan, device: torch.devic
         "macs": measure.count_macs(model, example),
         "size_bytes": measure.weight_bytes(model),
         "sparsity": round(measure.sparsity(model), 4),
-        "latency_ms": measure.torch_latency(model, example, plan.eval.warmup, plan.eval.iters),
+        "latency_ms": measure.torch_latency(model, example, plan.eval.warmup, plan.eval.iters, progress),
     }
 
 
@@ -138,8 +143,33 @@ def throughput(engine, data: DataSplits, plan: Plan) -> dict[str, float]:
 
 
 def progress_bar(console: Console) -> Progress:
+    """The run's progress: steps, and within a step its batches, epochs or iterations, with the
+    time left. sys.stdout/sys.stderr are not redirected through it: what libraries print there
+    stays on descriptors 1 and 2, which the run captures into its log file."""
     return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True)
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+                    redirect_stdout=False, redirect_stderr=False,
+                    disable=not (console.is_terminal or console.is_jupyter))  # into a file: no frames, no blank line
+
+
+@contextlib.contextmanager
+def per_batch(progress: Progress, predict: Callable[[torch.Tensor], np.ndarray], description: str, loader):
+    """`predict`, advancing a progress task once per batch of `loader` (validation can be long)."""
+    try:
+        total = len(loader)
+    except TypeError:  # an iterable dataset: no length
+        total = None
+    task = progress.add_task(description, total=total)
+
+    def counted(x: torch.Tensor) -> np.ndarray:
+        out = predict(x)
+        progress.advance(task)
+        return out
+
+    try:
+        yield counted
+    finally:
+        progress.remove_task(task)
 
 
 def stage_dir(run_dir: Path, i: int, slot: str) -> Path:
@@ -169,6 +199,7 @@ class Pipeline:
     progress: Progress
     task: Any  # the progress bar's overall task
     main: bool  # rank 0 (the only process that writes), or the single process
+    output: quiet.Captured  # what libraries write to descriptors 1 and 2 during the run
     where: str = "data"
     data: DataSplits | None = None
     score: Callable[[Callable[[torch.Tensor], np.ndarray]], dict[str, float]] | None = None  # metrics of a predict fn
@@ -178,28 +209,47 @@ class Pipeline:
     def step(self, description: str, where: str) -> None:
         self.progress.update(self.task, description=description)
         self.where = where
+        self.output.drain()  # the previous step's library output, before this step's lines in the log
 
 
 def run(plan: Plan, out_dir: Path, console: Console | None = None, resume_dir: Path | None = None) -> dict[str, Any]:
     """Run the plan, writing everything under `out_dir` (rank 0 only, under torchrun). With
     `resume_dir` (a killed run's folder), stages it finished are loaded, not run again, and a
-    training stage it was in continues from its last complete epoch."""
+    training stage it was in continues from its last complete epoch. Other libraries' output goes
+    to compressor.log (core/quiet.py); the terminal gets their count at the end."""
     main = distributed.is_main()
     console = console or Console(stderr=True, quiet=not main)
+    console.file = quiet.terminal(console.file)  # progress and table reach the terminal while 1 and 2 are captured
     out_dir = Path(out_dir)
+    # in a terminal, log lines go through the console, above the progress display rather than into it
+    log_stream = FileProxy(console, console.file) if console.is_terminal and not console.quiet else None
+    try:
+        with quiet.run_output(log_stream) as output:
+            return _run(plan, out_dir, console, resume_dir, main, output)
+    finally:
+        if main and quiet.messages():
+            log_file = os.path.relpath(out_dir / "compressor.log")  # outputs/...: as the user knows it
+            log_file = log_file if not log_file.startswith("..") else out_dir.resolve() / "compressor.log"
+            n = quiet.messages()
+            console.print(f"{n} library message{'s' * (n != 1)} in {log_file}" + ("" if quiet.verbose else " (-v shows them)"),
+                          markup=False, highlight=False, soft_wrap=True)  # one line, however long the path
+
+
+def _run(plan: Plan, out_dir: Path, console: Console, resume_dir: Path | None, main: bool,
+         output: quiet.Captured) -> dict[str, Any]:
     started = time.perf_counter()
     seed_everything(plan.seed)
     device = distributed.device_for(torch.device(plan.device))
     distributed.init(device)
     report: dict[str, Any] = {"recipe": plan.recipe, "status": "error", "baseline": None, "stages": [],
                               "engine": None, "gates": {}, "skipped": plan.skipped,
-                              "not_bit_exact": not_bit_exact(plan), "seconds": 0.0}
+                              "not_bit_exact": not_bit_exact(plan), "environment": facts(), "seconds": 0.0}
     pipe = None
     try:
         with progress_bar(console) as progress:
             task = progress.add_task("pipeline", total=len(plan.steps) + 1 + 2 * len(plan.targets))
             pipe = Pipeline(plan, out_dir, Path(resume_dir) if resume_dir is not None else out_dir, device, report,
-                            progress, task, main)
+                            progress, task, main, output)
             model = baseline(pipe)
             model, done = resume(pipe, model) if resume_dir is not None else (model, 0)
             for i, step in enumerate(plan.steps, 1):
@@ -252,16 +302,18 @@ def baseline(pipe: Pipeline) -> nn.Module:
         report["metric_unavailable"] = "the data has no labels: only fidelity metrics are measured"
     pipe.step("baseline", "data.batch_size")
     metric_names = [plan.eval.metric] + list(plan.eval.extra_metrics)
-    reference = measure.reference(measure.predict_torch(model, device), data.val)
+    with per_batch(pipe.progress, measure.predict_torch(model, device), "reference outputs", data.val) as predict:
+        reference = measure.reference(predict, data.val)
 
     def score(predict) -> dict[str, float]:
-        return measure.evaluate(predict, data.val, metric_names, reference, data.labelled)
+        with per_batch(pipe.progress, predict, "evaluating", data.val) as counted:
+            return measure.evaluate(counted, data.val, metric_names, reference, data.labelled)
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         return score(measure.predict_torch(m, device))
 
     pipe.score = score
-    report["baseline"] = snapshot(model, data, plan, device, score)
+    report["baseline"] = snapshot(model, data, plan, device, score, pipe.progress)
     report["baseline"]["size_bytes"] = len(safetensors_bytes(_unique_tensors(model)))
     if is_causal_lm(model):  # what a user of the model sees: its greedy answers and its speed
         pipe.prompts = generation.prompts(model.tokenizer_dir)
@@ -313,7 +365,7 @@ def run_stage(pipe: Pipeline, i: int, step, model: nn.Module) -> nn.Module:
         raise
     seconds = time.perf_counter() - t
     entry = {"name": step.slot, "kind": step.kind, "seconds": round(seconds, 3), "peak_memory_bytes": memory.bytes,
-             **snapshot(model, pipe.data, plan, pipe.device, pipe.score), "notes": ctx.notes}
+             **snapshot(model, pipe.data, plan, pipe.device, pipe.score, pipe.progress), "notes": ctx.notes}
     if pipe.prompts:
         entry["greedy_identity"] = generation.identity(pipe.report["baseline"]["greedy_tokens"],
                                                        generation.greedy(model, pipe.prompts))
@@ -339,7 +391,10 @@ def build_engine(pipe: Pipeline, t, model: nn.Module) -> dict[str, Any]:
     ctx.notes = {}
     engine_dir = out_dir / "engine"
     before = _file_ids(engine_dir)
-    engine = t.build().build(model.cpu().eval(), ctx, engine_dir)
+    building = pipe.progress.add_task(f"building the {t.kind} engine", total=None)  # no steps to count: a pulse
+    with quiet.Captured(t.kind):  # exporters and converters print to descriptors 1 and 2: into the log file
+        engine = t.build().build(model.cpu().eval(), ctx, engine_dir)
+    pipe.progress.remove_task(building)
     # this target's files: new or replaced (a resumed run rebuilds over a killed run's engine)
     files = [p for p, i in _file_ids(engine_dir).items() if before.get(p) != i]
     if Path(engine.path).is_dir():  # a package (Core ML): its own files, not the scripts written beside it
@@ -360,7 +415,7 @@ def build_engine(pipe: Pipeline, t, model: nn.Module) -> dict[str, Any]:
         return {**entry, "not_run": reason, "notes": ctx.notes}
     entry.update({
         **engine_checks(engine, model, pipe.data, plan, pipe.score),
-        "latency_ms": measure.latency(lambda: engine(example), plan.eval.warmup, plan.eval.iters),
+        "latency_ms": measure.latency(lambda: engine(example), plan.eval.warmup, plan.eval.iters, pipe.progress),
         "batch_size": 1,
         "notes": ctx.notes,
     })
@@ -389,10 +444,11 @@ def runtime_fp32(pipe: Pipeline, t, engine, example: np.ndarray) -> dict[str, An
     target.params = dataclasses.replace(t.params, precision="fp32")
     ctx = dataclasses.replace(pipe.ctx, notes={})
     with tempfile.TemporaryDirectory(dir=pipe.out_dir) as tmp:
-        fp32 = target.build(copy.deepcopy(pipe.ctx.teacher).cpu().eval(), ctx, Path(tmp))
+        with quiet.Captured(t.kind):
+            fp32 = target.build(copy.deepcopy(pipe.ctx.teacher).cpu().eval(), ctx, Path(tmp))
         size = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
         times = measure.interleaved_latency({"engine": lambda: engine(example), "fp32": lambda: fp32(example)},
-                                            pipe.plan.eval.warmup, pipe.plan.eval.iters)
+                                            pipe.plan.eval.warmup, pipe.plan.eval.iters, pipe.progress)
     return {"latency_ms": times["fp32"], "size_bytes": size,
             "speedup": round(times["fp32"]["p50"] / max(times["engine"]["p50"], 1e-9), 3)}
 
