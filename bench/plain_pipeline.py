@@ -1,7 +1,10 @@
 """The default recipe's pipeline as a plain script: the same libraries, the same work and the
-same deliverables (per-step accuracy, parameters, MACs and latency, safetensors checkpoints,
-an INT8 ONNX engine checked and timed, a JSON report and a plot), and no framework.
-bench/overhead.py times it against `compressor run`."""
+same deliverables, and no framework. The work is the recipe's: structured pruning of half the
+channels by Torch-Pruning (L2 magnitude), 5 epochs of fine-tuning (lr 1e-3, AdamW, cosine), static
+INT8 (BN folded, 99.99th-percentile activations over 4 calibration batches, per-channel weights,
+bias correction), an ONNX Runtime engine checked on the validation split and timed; the
+deliverables: per-step accuracy, parameters, MACs and latency, safetensors checkpoints, a JSON
+report and a plot. bench/overhead.py times it against `compressor run`."""
 from __future__ import annotations
 
 import json
@@ -10,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch_pruning as tp
 from safetensors.torch import save_file
-from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
 from compressor.data.digits import DigitsParams, build as build_digits
 from compressor.models.digits_cnn import DigitsCNNParams, build as build_cnn
 from compressor.modules.quant import QUANTIZABLE, PercentileObserver, QuantWrapper, needs_reduce_range
-from compressor.stages.quantize.int8 import fold_batchnorm
+from compressor.stages.quantize.int8 import correct_bias, fold_batchnorm
 from compressor.targets.onnx.export import export_onnx
 from compressor.training.loop import accuracy, fit
 
@@ -58,12 +61,12 @@ def main(out: Path = Path("plain_run")) -> None:
         (out / name).mkdir(exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / name / "model.safetensors"))
 
-    layers = [(m, "weight") for m in model.modules() if isinstance(m, QUANTIZABLE)]
-    prune.global_unstructured(layers, prune.L1Unstructured, amount=0.5)
-    for m, _ in layers:
-        prune.remove(m, "weight")
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    model.eval()
+    tp.pruner.MetaPruner(model, one, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+                         ignored_layers=[classifier]).step()
     step("prune")
-    fit(model, data.train, epochs=2, lr=5e-4)
+    fit(model, data.train, epochs=5, lr=1e-3)
     step("finetune")
     model.eval()
     fold_batchnorm(model)
@@ -82,6 +85,7 @@ def main(out: Path = Path("plain_run")) -> None:
         w.set_act_range(*w.observer.range())
         w.set_weight_scale()
         w.observer = None
+    correct_bias(model, (x for (x, _), _ in zip(data.calib, range(4))), torch.device("cpu"))
     step("quantize")
     path = export_onnx(model, one, out / "model.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -1,5 +1,6 @@
 """A grid sweep writes summary.csv, summary.md and pareto.png from its jobs' reports."""
 import csv
+import json
 
 import pytest
 
@@ -48,6 +49,10 @@ def test_optuna_sweep_returns_the_engines_measurements(tmp_path):
     sweep = next(tmp_path.glob("outputs/multirun/*"))
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert len(rows) == 2 and all("stages.prune.ratio=" in row["overrides"] for row in rows)
+    # the recipe asks for the sweep itself (no -m): each job still prunes by its own trial's ratio
+    ratios = [float(row["overrides"].split("stages.prune.ratio=")[1].split()[0].rstrip(",")) for row in rows]
+    kept = {json.loads((sweep / row["job"] / "report.json").read_text())["stages"][0]["params"] for row in rows}
+    assert len(kept) == (2 if abs(ratios[0] - ratios[1]) >= 0.05 else len(kept)), (ratios, kept)
     measured = {(round(float(row["metric"]), 6), round(float(row["latency_ms"]), 6)) for row in rows}
     solutions = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["solutions"]
     assert solutions and all((round(s["values"][0], 6), round(s["values"][1], 6)) in measured for s in solutions)

@@ -137,7 +137,8 @@ def test_without_a_log_file_library_output_stays_where_it_was_going(monkeypatch)
 
 
 def hf_run(tmp_path, *args):
-    env = {**os.environ, "COLUMNS": "80", "MPLCONFIGDIR": ""}  # a fresh font cache: matplotlib logs that it made one
+    # a fresh font cache (outside the run folder): matplotlib logs that it made one
+    env = {**os.environ, "COLUMNS": "80", "MPLCONFIGDIR": str(tmp_path.parent / f"{tmp_path.name}-matplotlib")}
     proc = subprocess.run([sys.executable, "-m", "compressor", "run", "bert_dynamic_int8_ort", *args], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -7,9 +7,11 @@ hands the command line to Hydra, so everything Hydra offers keeps working (`-m`,
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import traceback
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.types import RunMode
 from rich.console import Console
 from rich.markup import escape
 
@@ -177,6 +180,9 @@ def cmd_run(argv: list[str]) -> int:
         ref, resume_dir = resolve_ref(recipe, hydra_args), None
     multirun = "-m" in hydra_args or "--multirun" in hydra_args
     plans = check(ref, overrides, multirun) if not any(a in HYDRA_INFO_FLAGS for a in hydra_args) else []
+    # a recipe may ask for a sweep itself (hydra.mode: MULTIRUN, as hparams_search=optuna_* does):
+    # then each job makes its own plan from the values the sweeper gives it
+    multirun = multirun or any(p.hydra_mode == RunMode.MULTIRUN for p in plans)
     task = HydraTask(ref.name, resume_dir, plans[0] if plans and not multirun else None)
     scratch = None
     if not distributed.is_main():  # under torchrun only rank 0 writes: the others get a folder that is removed
@@ -188,7 +194,8 @@ def cmd_run(argv: list[str]) -> int:
     register_nodes()
     SWEEP_DIRS.clear()
     try:
-        hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(task)()
+        with _mode_known(plans):
+            hydra.main(version_base="1.3", config_path=ref.source, config_name=ref.name)(task)()
     except ValueError as e:  # Hydra's own argument checks (`-m` with `--cfg`): a user mistake, one line
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -207,6 +214,23 @@ def cmd_run(argv: list[str]) -> int:
     if "invalid" in statuses:
         return EXIT_INVALID
     return EXIT_GATE if "failed_gate" in statuses else EXIT_OK
+
+
+@contextlib.contextmanager
+def _mode_known(plans: list):
+    """Hydra composes the recipe once more only to read hydra.mode (`Hydra.get_mode`, a quarter of
+    a second); `check` has composed it already, so its answer is given instead."""
+    from hydra._internal.hydra import Hydra
+
+    if not plans:
+        yield
+        return
+    original = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: plans[0].hydra_mode
+    try:
+        yield
+    finally:
+        Hydra.get_mode = original
 
 
 def _sweep_summary(sweep_dir: Path) -> list[dict]:
@@ -314,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if argv else EXIT_INVALID
     command, rest = argv[0], argv[1:]
     if not os.environ.get("MPLCONFIGDIR"):  # matplotlib's font cache would go to ~/.cache: a run writes only its folder
-        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="compressor-matplotlib-")
-        atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
+        os.environ["MPLCONFIGDIR"] = _matplotlib_cache()
     # a command-line flag only: no recipe, override or environment variable can allow full pickles
     untrusted.trust_pickle = "--trust-pickle" in rest
     rest = [a for a in rest if a != "--trust-pickle"]
@@ -345,6 +368,23 @@ def main(argv: list[str] | None = None) -> int:
         err.print("interrupted")
         code = 130
     return code
+
+
+def _matplotlib_cache() -> str:
+    """matplotlib's font cache, kept between runs in the temp folder (building it again costs half a
+    second of every run) and private to this user; a fresh one, removed at exit, where that folder
+    is not this user's alone (or there are no user ids: Windows)."""
+    path = Path(tempfile.gettempdir()) / f"compressor-matplotlib-{os.getuid() if hasattr(os, 'getuid') else 'x'}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+        if hasattr(os, "getuid") and stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+            return str(path)
+    except OSError:
+        pass
+    fresh = tempfile.mkdtemp(prefix="compressor-matplotlib-")
+    atexit.register(shutil.rmtree, fresh, ignore_errors=True)
+    return fresh
 
 
 def entry() -> None:

@@ -63,6 +63,7 @@ class Plan:
     seed: int = 0
     device: str = "cpu"
     config: dict[str, Any] = field(default_factory=dict)  # the whole resolved recipe
+    hydra_mode: Any = None  # hydra.mode as composed: MULTIRUN where the recipe asks for a sweep itself
 
 
 @dataclass
@@ -121,7 +122,7 @@ def make_plan(cfg: DictConfig, recipe: str) -> Plan:
     container = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
                  for k, v in cfg.items_ex(resolve=False) if k != "hydra"}
     return Plan(recipe, model_section, data_section, steps, skipped, targets, precision, ev, int(cfg.seed),
-                str(cfg.get("device", "cpu")), container)
+                str(cfg.get("device", "cpu")), container, OmegaConf.select(cfg, "hydra.mode", default=None))
 
 
 def _steps(cfg: DictConfig, problems: list[Problem]) -> tuple[list[StepPlan], list[str]]:
