@@ -274,7 +274,8 @@ def table(rows: dict, coreml: dict) -> str:
 
 def summary(report: dict, seconds: float, n_eval: int, checks: dict) -> str:
     held = "; ".join(f"{k}: {'holds' if v else 'FAILS'}" for k, v in checks.items())
-    gates = ", ".join(f"{k} {g['value']}" for k, g in report["gates"].items())
+    gates = ", ".join(f"{k} {g['value']:.4g}" if isinstance(g["value"], float) else f"{k} {g['value']}"
+                      for k, g in report["gates"].items())
     return f"""
 
 One run of `.venv/bin/python bench/edge.py` on a 2-core {cpu_kind()} machine (`lscpu` flags; shared with

@@ -143,3 +143,38 @@ def test_negative_threads_is_a_params_problem():
         params(LiteRtParams, threads=-1)
     assert [p.key for p in e.value.problems] == ["params.threads"]
     assert LiteRtTarget.requires(LiteRtParams()) == []
+
+
+class _Residual(torch.nn.Module):
+    """Two residual blocks, as in MobileNet/EfficientNet: each sum is both the stream the next block
+    adds to and the input of the layer that reads it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU6())
+        self.a = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.a(x)
+        x = x + self.b(x)
+        return self.head(x)
+
+
+def test_residual_sums_keep_their_whole_range(data, tmp_path):
+    """A residual sum is one int8 tensor in LiteRT: it gets the union of the reading layer's range
+    and the sum's calibrated min/max, so the stream is not clipped where the stage's model keeps it
+    float; all integer, and close to the fake-quantized model."""
+    model = _Residual().eval()
+    quantize = stage(QuantizeInt8, params(QuantizeInt8Params, calibration_batches=2))
+    int8 = quantize.apply(copy.deepcopy(model), context(data, model))
+    engine, notes = build(int8, data, tmp_path, "int8")
+    assert notes["float_ops"] == {} and notes["residual_sums_widened"] >= 1, notes
+    x = val_inputs(data)[:64]
+    with torch.no_grad():
+        ref = int8(x).numpy()
+    out = np.concatenate([engine(x[i:i + 1].numpy()) for i in range(len(x))])
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2 ** -4  # 8-bit activations, a few roundings deep
