@@ -47,6 +47,24 @@ def test_yaml_error_in_a_file_the_defaults_pull_in(tmp_path, cli_inproc):
     both(cli_inproc, tmp_path, "./top.yaml", parts=[f"error: recipe: {os.path.join('model', 'mine.yaml')}:5:1: YAML syntax error"])
 
 
+@pytest.mark.parametrize("content,says", [
+    (b"- a\n- list\n", "model/mine.yaml: the top level is a list, not a mapping"),
+    (bytes(range(128, 256)) * 2, "model/mine.yaml is not UTF-8 text"),
+])
+@pytest.mark.parametrize("how", ["defaults", "override"])
+def test_a_group_file_the_recipe_chooses_is_named(tmp_path, cli_inproc, content, says, how):
+    """A group file of the user's folder, chosen by the recipe's defaults or on the command line."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_bytes(content)
+    if how == "defaults":
+        (tmp_path / "top.yaml").write_text("defaults:\n  - default\n  - override model: mine\n  - _self_\n")
+        args = ["./top.yaml"]
+    else:
+        (tmp_path / "top.yaml").write_text("defaults:\n  - default\n  - _self_\n")
+        args = ["./top.yaml", "model=mine"]
+    both(cli_inproc, tmp_path, *args, parts=["error: recipe: " + says.replace("/", os.sep)])
+
+
 def test_duplicate_key_names_its_line(tmp_path, cli_inproc):
     (tmp_path / "dup.yaml").write_text("defaults:\n  - default\n  - _self_\nseed: 1\nseed: 2\n")
     both(cli_inproc, tmp_path, "./dup.yaml", parts=["dup.yaml:5:1:", "duplicate key seed"])

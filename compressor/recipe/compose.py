@@ -184,36 +184,61 @@ def yaml_problem(path: str | Path, e: Exception) -> Problem:
     return Problem("recipe", f"{where}: YAML syntax error: {what}{started}; fix the YAML at that place")
 
 
-def recipe_file_problem(ref: RecipeRef) -> Optional[Problem]:
-    """A user's recipe file that is not a YAML mapping (binary, empty, a syntax error, a list), as
-    one line naming the file, before Hydra reads it (its messages name neither file nor line)."""
+def recipe_file_problem(ref: RecipeRef, overrides: list[str] = ()) -> Optional[Problem]:
+    """A user's recipe file, or a group file of its folder that the recipe or an override chooses
+    (`override model: mine`, `model=mine`), that is not a YAML mapping (binary, a syntax error, a
+    list; the recipe also empty), as one line naming the file, before Hydra reads it (its messages
+    name neither file nor line)."""
     if ref.source.startswith("pkg://"):
         return None
     path = Path(ref.source) / f"{ref.name}.yaml"
+    problem, doc = _yaml_mapping(path, "a recipe")
+    if problem is not None or doc is None:
+        return problem or Problem("recipe", f"{shown(path)} {'is empty' if not path.read_text().strip() else 'holds only comments'}: "
+                                            "a recipe is a YAML mapping naming model, data and target; start from a "
+                                            "packaged one (compressor ls recipes) or with defaults: [default, _self_]")
+    for group_file in _chosen_group_files(Path(ref.source), doc, overrides):
+        problem, _ = _yaml_mapping(group_file, "a config file")  # an empty group file is valid Hydra
+        if problem is not None:
+            return problem
+    return None
+
+
+def _yaml_mapping(path: Path, what: str) -> tuple[Optional[Problem], Any]:
+    """(the problem with `path` as a YAML mapping or None, its content)."""
     name = shown(path)
     try:
         found = sniff(path) if path.stat().st_size else "text"
         if found == "binary":
-            return Problem("recipe", f"{name} is not UTF-8 text: a recipe is a YAML text file")
+            return Problem("recipe", f"{name} is not UTF-8 text: {what} is a YAML text file"), None
         if found != "text":
-            return Problem("recipe", f"{name} is {FORMATS[found]}, not a YAML recipe (a text file)")
-        text = path.read_text(encoding="utf-8")  # sniff read 4 KB: a bad byte may come later
-        doc = yaml.safe_load(text)
+            return Problem("recipe", f"{name} is {FORMATS[found]}, not {what.replace('a ', 'a YAML ', 1)} (a text file)"), None
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))  # sniff read 4 KB: a bad byte may come later
     except UnicodeDecodeError as e:
-        return Problem("recipe", f"{name} is not UTF-8 text (byte {e.start}): a recipe is a YAML text file")
+        return Problem("recipe", f"{name} is not UTF-8 text (byte {e.start}): {what} is a YAML text file"), None
     except yaml.YAMLError as e:
-        return yaml_problem(path, e)
+        return yaml_problem(path, e), None
     except OSError as e:
-        return Problem("recipe", f"cannot read {name}: {e.strerror or type(e).__name__}")
-    if doc is None:
-        what = "is empty" if not text.strip() else "holds only comments"
-        return Problem("recipe", f"{name} {what}: a recipe is a YAML mapping naming model, data and target; start "
-                                 f"from a packaged one (compressor ls recipes) or with defaults: [default, _self_]")
-    if not isinstance(doc, dict):
+        return Problem("recipe", f"cannot read {name}: {e.strerror or type(e).__name__}"), None
+    if doc is not None and not isinstance(doc, dict):
         kind = "a list" if isinstance(doc, list) else f"a single value ({short(doc, 40)})"
-        return Problem("recipe", f"{name}: the top level is {kind}, not a mapping: a recipe is keys such as "
-                                 f"defaults:, model:, data:, stages:, target:")
-    return None
+        keys = "defaults:, model:, data:, stages:, target:" if what == "a recipe" else "kind: and its parameters"
+        return Problem("recipe", f"{name}: the top level is {kind}, not a mapping: {what} is keys such as {keys}"), None
+    return None, doc
+
+
+def _chosen_group_files(root: Path, recipe: dict, overrides) -> list[Path]:
+    """The files of `root`'s config groups that the recipe's defaults list and the overrides name."""
+    chosen = [item for entry in recipe.get("defaults") or [] if isinstance(entry, dict) for item in entry.items()]
+    chosen += [tuple(o.split("=", 1)) for o in overrides if "=" in o]
+    files = []
+    for key, value in chosen:
+        group = str(key).removeprefix("override ").lstrip("+~/").split("@")[0].strip()
+        for option in value if isinstance(value, list) else [value]:
+            path = root / group / f"{option}.yaml"
+            if group and isinstance(option, str) and ".." not in group + option and path.is_file():
+                files.append(path)
+    return files
 
 
 def override_problems(overrides: list[str]) -> tuple[list[str], list[Problem]]:
@@ -240,7 +265,7 @@ def override_problems(overrides: list[str]) -> tuple[list[str], list[Problem]]:
 def compose_recipe(ref: RecipeRef, overrides: list[str]) -> tuple[Optional[DictConfig], list[Problem]]:
     """Compose with Hydra. A bad override is recorded and dropped, and composing goes on,
     so one call reports every override problem at once."""
-    problem = recipe_file_problem(ref)
+    problem = recipe_file_problem(ref, overrides)
     if problem is not None:
         return None, [problem]
     problems: list[Problem] = []
