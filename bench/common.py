@@ -16,25 +16,19 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def machine() -> dict:
-    import os
+    from compressor.run.environment import cpu
 
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu or platform.processor(), "cpu_kind": cpu_kind(), "cores": os.cpu_count(),
-            "python": platform.python_version()}
+    c = cpu()
+    return {"cpu": c["model"], "cpu_kind": cpu_kind(), "cores": c["cores"], "python": platform.python_version()}
 
 
 def cpu_kind() -> str:
     """The instruction sets INT8 speed and rounding hinge on, from the CPU flags (as lscpu shows them)."""
-    try:
-        flags = set(next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return platform.machine()
-    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return "x86 " + "+".join(found) if found else platform.machine()
+    from compressor.run.environment import cpu
+
+    c = cpu()
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in c["flags"]]
+    return "x86 " + "+".join(found) if found else c["arch"]
 
 
 def write_result(name: str, data: dict) -> Path:

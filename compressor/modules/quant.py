@@ -240,11 +240,14 @@ OBSERVERS = {"minmax": MinMaxObserver, "percentile": PercentileObserver, "mse": 
              "entropy": EntropyObserver}
 
 
+X86_MACHINES = ("x86_64", "amd64", "i686", "x86")  # platform.machine() of x86 CPUs
+
+
 def needs_reduce_range() -> bool:
     """True on x86 CPUs without VNNI/AMX: their u8s8 dot product (VPMADDUBSW) saturates at
     16 bits, which is what dropped INT8 ResNet-50 from 74.8 to 69.0 top-1 on such AMD machines.
     7-bit weights keep every pairwise sum inside int16."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+    if platform.machine().lower() not in X86_MACHINES:
         return False
     try:
         flags = open("/proc/cpuinfo").read()

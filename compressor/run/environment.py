@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
-from compressor.modules.quant import needs_reduce_range
+from compressor.modules.quant import X86_MACHINES, needs_reduce_range
 from compressor.registry import TARGETS
 
 # CPU features that decide INT8 speed and accuracy: VNNI/AMX give exact u8 x s8 dot products
 # (without them reduce_range applies); AVX-512/AMX BF16 and ARM dotprod/i8mm pick fast kernels
 X86_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 ARM_FEATURES = {"asimd": "neon", "neon": "neon", "asimddp": "dotprod", "i8mm": "i8mm", "bf16": "bf16", "sve": "sve"}
-X86 = ("x86_64", "amd64", "i686", "x86")
 # runtimes and model libraries worth knowing the version of, besides the extras' packages
 PACKAGES = ("compressor", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "tensorrt",
             "compressor-tensorrt", "executorch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "coremltools",
@@ -46,7 +45,7 @@ def _cpuinfo() -> dict[str, str]:
 
 def cpu() -> dict[str, Any]:
     info, arch = _cpuinfo(), platform.machine()
-    if arch.lower() in X86:
+    if arch.lower() in X86_MACHINES:
         present = set(info.get("flags", "").split())
         flags = [f for f in X86_FLAGS if f in present]
     else:  # ARM: Linux lists Features; AArch64 has NEON by definition
@@ -123,7 +122,7 @@ def reduce_range() -> dict[str, Any]:
     reduce = needs_reduce_range()
     if reduce:
         why = "x86 without VNNI/AMX: u8 x s8 pairwise sums saturate int16, so INT8 weights get 7 bits"
-    elif platform.machine().lower() in X86:
+    elif platform.machine().lower() in X86_MACHINES:
         why = "VNNI/AMX present: exact INT8 dot products, full 8-bit weights"
     else:
         why = "not x86: full 8-bit weights"
