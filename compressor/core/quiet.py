@@ -77,7 +77,7 @@ def _log_handlers() -> list[logging.Handler]:
                               if isinstance(h, logging.FileHandler) or (verbose and type(h) is logging.StreamHandler)))
 
 
-def forward(name: str, lines: list[str], handlers: list[logging.Handler]) -> None:
+def _forward(name: str, lines: list[str], handlers: list[logging.Handler]) -> None:
     """Lines a library wrote, as INFO records of logger `name`, to `handlers`, and counted. Not
     through the logger itself: a library's own handler may write to 1 or 2, being captured."""
     global _count
@@ -124,7 +124,7 @@ class Captured:
             return
         lines = data.split(b"\n")
         self.pending = b"" if final else lines.pop()  # a line still being written waits
-        forward(self.name, [line.split(b"\r")[-1].decode(errors="replace") for line in lines], handlers)  # tqdm: last frame
+        _forward(self.name, [line.split(b"\r")[-1].decode(errors="replace") for line in lines], handlers)  # tqdm: last frame
 
     def __exit__(self, *exc) -> None:
         global _depth

@@ -27,6 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from compressor.core import distributed, quiet
+from compressor.core.progress import task as progress_task
 from compressor.measure import generation, lm_parity, parity
 from compressor.measure import stats as measure
 from compressor.core.atomic import remove_leftovers
@@ -159,17 +160,13 @@ def per_batch(progress: Progress, predict: Callable[[torch.Tensor], np.ndarray],
         total = len(loader)
     except TypeError:  # an iterable dataset: no length
         total = None
-    task = progress.add_task(description, total=total)
+    with progress_task(progress, description, total) as task:
+        def counted(x: torch.Tensor) -> np.ndarray:
+            out = predict(x)
+            progress.advance(task)
+            return out
 
-    def counted(x: torch.Tensor) -> np.ndarray:
-        out = predict(x)
-        progress.advance(task)
-        return out
-
-    try:
         yield counted
-    finally:
-        progress.remove_task(task)
 
 
 def stage_dir(run_dir: Path, i: int, slot: str) -> Path:
@@ -391,10 +388,9 @@ def build_engine(pipe: Pipeline, t, model: nn.Module) -> dict[str, Any]:
     ctx.notes = {}
     engine_dir = out_dir / "engine"
     before = _file_ids(engine_dir)
-    building = pipe.progress.add_task(f"building the {t.kind} engine", total=None)  # no steps to count: a pulse
-    with quiet.Captured(t.kind):  # exporters and converters print to descriptors 1 and 2: into the log file
+    # no steps to count: a pulse; exporters and converters print to descriptors 1 and 2: into the log file
+    with progress_task(pipe.progress, f"building the {t.kind} engine"), quiet.Captured(t.kind):
         engine = t.build().build(model.cpu().eval(), ctx, engine_dir)
-    pipe.progress.remove_task(building)
     # this target's files: new or replaced (a resumed run rebuilds over a killed run's engine)
     files = [p for p, i in _file_ids(engine_dir).items() if before.get(p) != i]
     if Path(engine.path).is_dir():  # a package (Core ML): its own files, not the scripts written beside it
