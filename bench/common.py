@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import json
 import platform
-import random
 import re
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -52,21 +49,11 @@ def update_readme(name: str, markdown: str) -> None:
 
 
 def interleaved_p50(fns: dict, warmup: int, iters: int) -> dict[str, float]:
-    """Median ms of each callable. Every round calls each once, in a fresh random order: a burst
-    of load from other jobs on the machine hits all alike, and no engine always runs right after
-    the same one (one following the FP32 engine finds its weights evicted from cache)."""
-    names, rng = list(fns), random.Random(0)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    times = {n: [] for n in names}
-    for _ in range(iters):
-        rng.shuffle(names)
-        for n in names:
-            t = time.perf_counter()
-            fns[n]()
-            times[n].append((time.perf_counter() - t) * 1e3)
-    return {n: float(np.median(v)) for n, v in times.items()}
+    """Median ms of each callable, timed as the runtime speed gate times them (each round calls
+    each once, in a fresh random order: compressor.measure.stats.interleaved_latency)."""
+    from compressor.measure.stats import interleaved_latency
+
+    return {n: t["p50"] for n, t in interleaved_latency(fns, warmup, iters).items()}
 
 
 def import_nncf():

@@ -1,6 +1,7 @@
 """Measurements the report is made of: task metric, parameters, MACs, size, latency."""
 from __future__ import annotations
 
+import random
 import time
 from typing import Callable
 
@@ -120,16 +121,20 @@ def latency(fn: Callable[[], object], warmup: int = 10, iters: int = 50, progres
 
 def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 10, iters: int = 50,
                         progress=None) -> dict[str, dict[str, float]]:
-    """`latency` of several functions, run in turn each iteration, so that a change of load on the
-    machine falls on all of them alike (their ratio is what is judged)."""
+    """`latency` of several functions, each called once per round in a fresh (seeded) random order:
+    a change of load on the machine falls on all of them alike (their ratio is what is judged), and
+    none always runs right after the same one (after an FP32 engine, another finds its weights
+    evicted from cache)."""
+    names, rng = list(fns), random.Random(0)
     for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+        for k in names:
+            fns[k]()
+    times: dict[str, list[float]] = {k: [] for k in names}
     for _ in tracked(progress, range(iters), "timing against FP32", iters):
-        for k, fn in fns.items():
+        rng.shuffle(names)
+        for k in names:
             t = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append((time.perf_counter() - t) * 1e3)
     return {k: {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90))} for k, v in times.items()}
 

@@ -231,7 +231,6 @@ class ExecuTorchTarget:
     params: ExecuTorchParams
     precisions = ("fp32", "int8")
     suffixes = (".pte",)
-    extra = "executorch"
 
     @staticmethod
     def requires(params: ExecuTorchParams | None = None) -> list[tuple[str, str]]:
